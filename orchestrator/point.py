@@ -31,7 +31,8 @@ SWEEP_ROW_SETTINGS = {
 }
 # Settings names that are flags: ik prints 0/1, our engine true/false; one spelling
 # keeps settings_key identical for the same configuration.
-BOOL_SETTINGS = ("flash_attn", "rtr")
+BOOL_SETTINGS = ("flash_attn", "rtr", "fmoe", "no_mmap", "use_mmap", "no_kv_offload", "embeddings",
+                 "cpu_strict", "use_thp")
 
 
 def canonical_json(value: Any, what: str = "value") -> str:
