@@ -57,10 +57,12 @@ def _check_placement(p: HostProfile, pl: Any) -> list[Finding]:
     if missing:
         out.append(Finding("cpu-not-on-host", f"{name}: CPUs {missing[:8]} are not on host {p.name!r}"))
     cpus = [p.cpu_by_id[c] for c in pl.cpus if c in p.cpu_by_id]
-    shared = sorted(core for core, n in Counter(c.core for c in cpus).items() if n > 1)
+    per_core = Counter(c.core for c in cpus)
+    shared = sorted(core for core, n in per_core.items() if n > 1)
     if shared:
-        out.append(Finding("smt-siblings", f"{name}: {len(shared)} core(s) run two threads "
-                           f"(SMT siblings, e.g. core of CPU {shared[0]}); speeds are not per-core"))
+        pair = sorted(c.id for c in cpus if c.core == shared[0])
+        out.append(Finding("smt-siblings", f"{name}: {len(shared)} core(s) run two threads (SMT siblings, "
+                           f"e.g. CPUs {','.join(map(str, pair))}); speeds are not per-core"))
     cpu_nodes = sorted({c.node for c in cpus if c.node is not None})
     if pl.mem_policy == "bind" and cpu_nodes and not set(cpu_nodes) & set(pl.mem_nodes):
         out.append(Finding("remote-memory", f"{name}: CPUs on node(s) {cpu_nodes} but memory bound to "

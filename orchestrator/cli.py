@@ -13,6 +13,7 @@ import sys
 # Modules that register sub-commands, in help order.
 _COMMAND_MODULES = (
     "engine.cli",
+    "orchestrator.cli_host",
 )
 
 
