@@ -1,0 +1,76 @@
+"""Plain records shared by the coordinator, the workers and the Ray backend.
+
+A *slot* is one pinned placement on one host; a *job* is one engine invocation
+(one point of the settings matrix) on one slot, producing ``repetitions`` rows at
+every N_KV depth. The faults at the bottom are what executors raise so that the
+coordinator can decide what to re-run without knowing about Ray.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from orchestrator.spec import BackendSpec, EngineSettings
+
+
+@dataclass(frozen=True)
+class SlotConfig:
+    name: str                      # e.g. "node0"
+    cpus: tuple[int, ...]          # CPUs the child is pinned to (this machine's real CPUs)
+    mem_policy: str                # bind | interleave | preferred | none
+    mem_nodes: tuple[int, ...]     # memory nodes on this machine
+    threads: int                   # threads the slot runs with (<= len(cpus))
+    placement: dict                # the planned placement, as recorded with each point
+    simulated: bool = False        # the host is a simulated profile mapped onto real CPUs
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int                     # position in the run's plan (stable across resumes)
+    host: str                      # executor's host key (Ray node id, "local")
+    slot: str
+    model: str                     # GGUF path (generated beforehand for synthetic shapes)
+    model_name: str
+    settings: EngineSettings
+    threads: int                   # resolved: spec value or the slot's thread count
+    threads_batch: int
+    repetitions: int
+    seed: int
+    backend: BackendSpec
+    model_shape: str | None = None  # synthetic model: the worker generates ``model`` if missing
+    model_seed: int = 0
+
+    def point_settings(self) -> dict:
+        """Settings stored with every point of this job (names as in orchestrator.point)."""
+        s = asdict(self.settings)
+        s.update(threads=self.threads, threads_batch=self.threads_batch, model=self.model_name,
+                 seed=self.seed, backend=self.backend.kind)
+        del s["tg"]  # a Point field of its own
+        return s
+
+    def expected(self) -> list[tuple[int, int]]:
+        """(rep, n_kv) of every row this job measures: sweep-bench's n_kv grid x repetitions."""
+        s = self.settings
+        return [(rep, n_kv) for n_kv in range(0, s.n_ctx, s.ubatch) for rep in range(self.repetitions)]
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    key: str                       # executor's handle (Ray node id)
+    profile: object                # hostprofiles.HostProfile
+    labels: dict
+    simulated: bool
+    real_cpus: tuple[int, ...]     # CPUs this host's processes may really use
+    real_nodes: tuple[int, ...]    # memory nodes that really exist there
+
+
+# -- faults ------------------------------------------------------------------
+class WorkerLost(RuntimeError):
+    """The worker or its engine process died (kill -9, crash): re-run its unfinished points."""
+
+
+class HostLost(RuntimeError):
+    """The host is gone from the cluster: its unfinished points cannot be measured."""
+
+
+class JobFailed(RuntimeError):
+    """The engine refused the job (bad input, exit 2) or a pinning check failed: not retried."""
