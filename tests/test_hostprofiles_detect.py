@@ -126,3 +126,13 @@ def test_detect_live_root_is_not_simulated():
     if hasattr(os, "sched_getaffinity") and Path("/sys/devices/system/cpu/online").exists():
         online = parse_cpulist(Path("/sys/devices/system/cpu/online").read_text())
         assert p.cpu_ids == online
+
+
+def test_hostprofiles_imports_no_orchestrator_engine_ray_or_numba(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, hostprofiles; hostprofiles.detect(sys.argv[1]); hostprofiles.list_profiles(); "
+            "bad = [m for m in ('orchestrator', 'engine', 'ray', 'numba') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
