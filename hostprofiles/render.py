@@ -10,6 +10,11 @@ def _gib(n: int | None) -> str:
     return "?" if n is None else f"{n / GIB:.1f} GiB"
 
 
+def _v(value: object) -> str:
+    """None prints as '?': unknown (file missing), not 'off'."""
+    return "?" if value is None else str(value)
+
+
 def describe(p: HostProfile, warnings: bool = True) -> str:
     isa = ", ".join(k for k, v in p.isa.items() if v) or "none of avx2/avx512/amx"
     lines = [
@@ -35,12 +40,12 @@ def describe(p: HostProfile, warnings: bool = True) -> str:
                 lines.append(f"      die {k}: {cores} cores, cpus {format_cpulist(c.id for c in group)}")
     bw = p.mem_bandwidth_gbs
     lines.append(
-        f"  tuning   THP {p.thp_enabled}/{p.thp_defrag}, numa_balancing {p.numa_balancing}, governor "
-        f"{p.governor}, epp {p.epp}, driver {p.cpufreq_driver}, boost {p.boost}, platform_profile "
-        f"{p.platform_profile}, kernel {p.kernel}"
+        f"  tuning   THP {_v(p.thp_enabled)}/{_v(p.thp_defrag)}, numa_balancing {_v(p.numa_balancing)}, "
+        f"governor {_v(p.governor)}, epp {_v(p.epp)}, driver {_v(p.cpufreq_driver)}, boost {_v(p.boost)}, "
+        f"platform_profile {_v(p.platform_profile)}, kernel {_v(p.kernel)}"
     )
     if bw is not None:
-        lines.append(f"  memory bandwidth per node: local {bw.local} GB/s, remote {bw.remote} GB/s "
+        lines.append(f"  bandwidth per node: local {_v(bw.local)} GB/s, remote {_v(bw.remote)} GB/s "
                      f"({bw.kind}; {bw.source})")
     if warnings:
         for f in check(p):

@@ -172,9 +172,9 @@ def plan(profile: HostProfile, policy: str, threads: int | None = None, smt: boo
             chosen = order
         elif threads > len(order):
             cores = len(_order(profile, group, False, fill))
-            raise PlacementError(
-                f"threads={threads} is more than slot {name} of {profile.name!r} has: {cores} cores"
-                f"{'' if use_smt else f' ({len(group)} with smt=True)' if len(group) > cores else ''}")
+            has = (f"{len(order)} CPUs ({cores} cores with their SMT siblings)" if use_smt and len(order) > cores
+                   else f"{cores} cores ({len(group)} with smt=True)" if len(group) > cores else f"{cores} cores")
+            raise PlacementError(f"threads={threads} is more than slot {name} of {profile.name!r} has: {has}")
         else:
             chosen = order[:threads]
         mp, nodes = _mem(profile, policy, chosen, mem_policy)

@@ -144,3 +144,13 @@ def test_placement_json_round_trip():
         d = s.to_json()
         assert d["cpulist"] == s.cpulist
         assert Placement.from_json(d) == s
+
+
+def test_thread_errors_with_smt_and_explicit_lists():
+    p = prof("ryzen9-7950x")
+    with pytest.raises(PlacementError, match=r"threads=33 .* 32 CPUs \(16 cores with their SMT siblings\)"):
+        plan(p, "per-node", threads=33, smt=True)
+    with pytest.raises(PlacementError, match=r"threads=5 .* slot cpus .* 4 cores$"):
+        plan(p, "cpus", cpus="0-3", threads=5)
+    (s,) = plan(p, "cpus", cpus="0,16,1", threads=2)
+    assert s.cpus == (0, 1)  # physical cores before the sibling 16
