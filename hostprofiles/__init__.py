@@ -3,9 +3,9 @@
 Never imports orchestrator or engine (see DESIGN.md, import direction).
 """
 from .cpulist import format_cpulist, parse_cpulist
-from .detect import detect
+from .detection import detect
 from .errors import PlacementError, ProfileError, SchemaError
-from .materialize import materialize
+from .fakesysfs import materialize
 from .profile import SCHEMA_VERSION, Cpu, HostProfile, MemBandwidth, Node
 from .saved import list_profiles, load_profile, save_profile
 from .tuning import Finding, check

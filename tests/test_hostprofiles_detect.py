@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hostprofiles import ProfileError, detect, format_cpulist, parse_cpulist
-from hostprofiles.detect import EXTRA_FACTS
+from hostprofiles.detection import EXTRA_FACTS
 
 
 def put(root: Path, rel: str, text: str) -> None:

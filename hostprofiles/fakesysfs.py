@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .cpulist import format_cpulist
-from .detect import EXTRA_FACTS
+from .detection import EXTRA_FACTS
 from .profile import HostProfile
 
 # The choices the kernel offers in these files; the active one is [bracketed].
