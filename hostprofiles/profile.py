@@ -168,6 +168,8 @@ class HostProfile:
         if nps is None:
             spans = any(len(self.node_sockets(n.id)) > 1 for n in self.nodes)
             return "NPS0" if spans and self.cpu_vendor == "AuthenticAMD" else "uneven"
+        if "hypervisor" in self.cpu_flags:
+            return f"{nps} node(s)/socket (VM)"  # a guest's NUMA layout is the hypervisor's choice
         if self.cpu_vendor == "GenuineIntel":
             return "SNC off" if nps == 1 else f"SNC{nps}"
         if self.cpu_vendor == "AuthenticAMD":

@@ -9,6 +9,7 @@ the same core order. Never "the first N ids": on Genoa ids interleave across CCD
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -121,9 +122,21 @@ def _mem(profile: HostProfile, policy: str, cpus: Sequence[int], mem_policy: str
     mem_policy = mem_policy or ("bind" if nodes else "none")
     if mem_policy == "none":
         return "none", ()
+    if mem_policy == "preferred":
+        nodes = nodes[:1]  # the kernel prefers exactly one node
     if not nodes:
         raise PlacementError(f"mem_policy {mem_policy!r} needs NUMA nodes, and {profile.name!r} shows none")
     return mem_policy, nodes
+
+
+def _positive_int(value: Any) -> int:
+    try:
+        n = operator.index(value)  # ints and numpy ints; not 2.5 or "8"
+    except TypeError:
+        n = 0
+    if n < 1 or isinstance(value, bool):
+        raise PlacementError(f"threads must be a positive integer, not {value!r}")
+    return n
 
 
 def plan(profile: HostProfile, policy: str, threads: int | None = None, smt: bool = False,
@@ -145,8 +158,8 @@ def plan(profile: HostProfile, policy: str, threads: int | None = None, smt: boo
     mem_policy = "none" if mem_policy == "first-touch" else mem_policy
     if fill not in FILLS:
         raise PlacementError(f"unknown fill {fill!r} (choose from {', '.join(FILLS)})")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise PlacementError(f"threads must be a positive integer, not {threads!r}")
+    if threads is not None:
+        threads = _positive_int(threads)
     if not profile.cpus:
         raise PlacementError(f"host {profile.name!r} lists no CPUs")
     if policy == "cpus":

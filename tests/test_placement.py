@@ -154,3 +154,13 @@ def test_thread_errors_with_smt_and_explicit_lists():
         plan(p, "cpus", cpus="0-3", threads=5)
     (s,) = plan(p, "cpus", cpus="0,16,1", threads=2)
     assert s.cpus == (0, 1)  # physical cores before the sibling 16
+
+
+def test_thread_count_types_and_preferred_node():
+    p = prof("epyc-9654-2s-nps4")
+    assert plan(p, "per-node", threads=2)[0].threads == 2
+    for bad in (True, 2.5, "8", -1):
+        with pytest.raises(PlacementError, match="threads must be a positive integer"):
+            plan(p, "per-node", threads=bad)
+    (pref,) = plan(p, "whole-host", mem_policy="preferred")
+    assert pref.mem_nodes == (0,) and pref.numactl_args()[1] == "--preferred=0"
