@@ -150,7 +150,7 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
     if run_id is None:
         run_id = store.create_run(settings={"models": [m[1] for m in models], "placement": spec.placement.policy,
                                             "backend": spec.backend.kind, "repetitions": spec.repetitions,
-                                            "jobs": sum(len(p[3]) for p in plan)},
+                                            "jobs": sum(len(p[3]) for p in plan), "spec_dir": spec.base},
                                   spec=spec.source, label=spec.label, version=_version(), git_commit=_git_commit())
     else:
         store.set_run_status(run_id, "running")

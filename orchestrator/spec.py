@@ -100,6 +100,7 @@ class SweepSpec:
     label: str | None = None
     address: str | None = None   # Ray address; None = embedded local Ray
     source: dict = field(default_factory=dict, compare=False)  # the parsed TOML, stored with the run
+    base: str = "."  # directory relative paths were resolved against (kept to resume)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "SweepSpec":
@@ -111,13 +112,13 @@ class SweepSpec:
         except tomllib.TOMLDecodeError as exc:
             raise SpecError(f"{path}: not valid TOML: {exc}") from None
         try:
-            return cls.from_dict(data, base=path.parent)
+            return cls.from_dict(data, base=path.resolve().parent)
         except SpecError as exc:
             raise SpecError(f"{path}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: dict, base: Path | None = None) -> "SweepSpec":
-        return _parse(data, base or Path.cwd())
+        return _parse(data, Path(base or Path.cwd()).resolve())
 
     def to_dict(self) -> dict:
         return self.source
@@ -237,7 +238,7 @@ def _parse(data: dict, base: Path) -> SweepSpec:
     address = None if ray_t.get("address") is None else _scalar(ray_t["address"], str, "ray.address")
     return SweepSpec(models=models, matrix=tuple(matrix), repetitions=reps, seed=seed, hosts=hosts,
                      placement=placement, backend=backend, store=store, label=label, address=address,
-                     source=data)
+                     source=data, base=str(base))
 
 
 def _str_list(value: Any, key: str) -> tuple[str, ...]:

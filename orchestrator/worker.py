@@ -103,7 +103,7 @@ class SlotWorker:
             drain = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)
             drain.start()
         parse = backend.row_parser()
-        n_rows = 0
+        n_rows, mems = 0, None
         try:
             meter = NoiseMeter(slot.cpus, proc.pid)
             for line in proc.stdout:
@@ -116,8 +116,10 @@ class SlotWorker:
                         pin.check(v, slot.cpus, slot.mem_policy, slot.mem_nodes)
                     except pin.PinError as exc:
                         raise JobFailed(f"slot {slot.name}: {exc}") from None
+                    if v.mem_policy != "unknown":  # else it exited: its last row keeps what was seen alive
+                        mems = v.mems
                     n_rows += 1
-                    yield {"row": row, "verified_cpus": pin.format_cpulist(v.cpus), "verified_mems": v.mems,
+                    yield {"row": row, "verified_cpus": pin.format_cpulist(v.cpus), "verified_mems": mems,
                            "noise": noise, "pid": proc.pid}
             rc = proc.wait()
         except (FileNotFoundError, ProcessLookupError):  # /proc entry vanished: the child died
