@@ -32,9 +32,11 @@ def test_show_profile_human_and_json(capsys):
 
 
 def test_detect_from_root_and_save_then_list(tmp_path, capsys):
-    root = materialize(load_profile("epyc-9654-2s-nps4", [SHIPPED_DIR]), tmp_path / "root")
+    root = materialize(load_profile("threadripper-pro-5975wx", [SHIPPED_DIR]), tmp_path / "root")
     rc, out = run(["host", "detect", "--root", str(root), "--json"], capsys)
-    assert rc == 0 and json.loads(out)["simulated"] is True and json.loads(out)["derived"]["numa_mode"] == "NPS4"
+    data = json.loads(out)
+    assert rc == 0 and data["simulated"] is True and data["derived"]["numa_mode"] == "NPS1"
+    assert len(data["derived"]["die_groups"]) == 8
     saved = tmp_path / "profiles"
     rc, out = run(["host", "save", "genoa", "--root", str(root), "--dir", str(saved), "--note", "lab box"],
                   capsys)
