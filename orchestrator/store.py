@@ -113,8 +113,11 @@ class Store:
 
     # -- opening -------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path = DEFAULT_STORE) -> "Store":
+    def open(cls, path: str | Path = DEFAULT_STORE, create: bool = True) -> "Store":
+        """Open (or, with ``create``, make) a store; readers pass create=False."""
         path = Path(path)
+        if not create and not path.exists():
+            raise StoreError(f"{path}: no results store here (run a sweep or import first, or pass --store)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)

@@ -6,9 +6,7 @@ file's sha256 is the run's content_hash, so importing it again adds nothing.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,28 +32,19 @@ class ImportResult:
 
 def load_host_profile(name: str) -> tuple[dict, str | None]:
     """(profile dict, fingerprint) for ``--host-profile``: a saved profile name or a JSON file."""
-    path = Path(name)
-    if path.suffix == ".json" or path.exists():
-        try:
-            profile = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ImportFormatError(f"{name}: cannot read host profile: {exc}") from None
-    else:
-        try:
-            import hostprofiles
+    import hostprofiles
 
-            loaded = hostprofiles.load(name)
-        except (ImportError, AttributeError):
-            raise ImportFormatError(f"--host-profile {name}: no such file, and saved profiles are unavailable") from None
-        except (KeyError, FileNotFoundError, ValueError) as exc:
-            raise ImportFormatError(f"--host-profile {name}: {exc}") from None
-        if dataclasses.is_dataclass(loaded):
-            profile = json.loads(loaded.to_json()) if hasattr(loaded, "to_json") else dataclasses.asdict(loaded)
+    path = Path(name)
+    try:
+        if path.suffix == ".json" or path.exists():
+            profile = hostprofiles.HostProfile.loads(path.read_text())
         else:
-            profile = dict(loaded)
-    if not isinstance(profile, dict):
-        raise ImportFormatError(f"{name}: host profile must be a JSON object")
-    return profile, profile.get("fingerprint")
+            profile = hostprofiles.load_profile(name)
+    except OSError as exc:
+        raise ImportFormatError(f"{name}: cannot read host profile: {exc.strerror or exc}") from None
+    except hostprofiles.ProfileError as exc:
+        raise ImportFormatError(f"--host-profile {name}: {exc}") from None
+    return profile.to_json(), profile.fingerprint
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,314 @@
+"""``numasweep report``: sweep tables, comparison plots, A/B statistics, report.md + report.html.
+
+``write_report(store, run_ids, out_dir, baseline=None, compare=None, by=None)``
+is the plain function behind the command (``numasweep run`` calls it too).
+Selectors for ``baseline`` / ``compare``: a run id (``3``), a run label, or
+settings (``k_repack=off`` or ``k_repack=on,threads=4``).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from orchestrator.errors import ReportError
+from orchestrator.report_data import PHASES, TEST_NAME, Series, Stat, build_series, compare, varying_settings, verdict
+from orchestrator.report_plots import memory_plot, speed_plot
+from orchestrator.report_render import H, Img, P, Pre, Table, to_html, to_markdown
+from orchestrator.store import Store
+
+BY_CHOICES = ("host", "setting")
+
+
+def write_report(store: Store, run_ids=None, out_dir="numasweep-report", baseline=None, compare=None,
+                 by: str | None = None) -> Path:
+    """Write report.md, report.html and the PNGs into ``out_dir``; returns the HTML path."""
+    if by is not None and by not in BY_CHOICES:
+        raise ReportError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
+    if (baseline is None) != (compare is None):
+        raise ReportError("--baseline and --compare go together")
+    all_runs = {r["id"]: r for r in store.runs()}
+    ids = list(dict.fromkeys(int(i) for i in run_ids)) if run_ids else sorted(all_runs)  # dedupe, keep order
+    for rid in ids:
+        if rid not in all_runs:
+            raise ReportError(f"{store.path}: no run {rid} (known: {', '.join(map(str, all_runs)) or 'none'})")
+    if not ids:
+        raise ReportError(f"{store.path}: the store holds no runs")
+    points = [p for rid in ids for p in store.points(rid)]
+    if not points:
+        raise ReportError(f"{store.path}: runs {', '.join(map(str, ids))} hold no points yet")
+    runs = {rid: all_runs[rid] for rid in ids}
+    series = build_series(points, runs)
+    hosts = {h["id"]: h for h in store.hosts()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    blocks: list = [H(1, "numasweep report"),
+                    P(f"Store {store.path}; runs {', '.join(map(str, ids))}; {len(points)} points in {len(series)} series.")]
+    blocks += _plots(series, out)
+    blocks += _ab_section(series, runs, baseline, compare)
+    blocks += _versus_sections(series, by)
+    blocks += _bandwidth_section(series, runs, hosts)
+    for rid in ids:
+        blocks += _run_section(runs[rid], [s for s in series if s.run_id == rid], hosts)
+
+    (out / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
+    html_path = out / "report.html"
+    html_path.write_text(to_html(blocks, "numasweep report"), encoding="utf-8")
+    return html_path
+
+
+# -- sections ----------------------------------------------------------------------------
+def _plots(series: list[Series], out: Path) -> list:
+    blocks: list = [H(2, "Plots")]
+    for phase in PHASES:
+        path = speed_plot(series, phase, out)
+        if path:
+            blocks.append(Img(path, f"S_{phase.upper()} vs N_KV"))
+    mem = memory_plot(series, out)
+    if mem:
+        blocks.append(Img(mem, "memory vs N_KV"))
+    return blocks
+
+
+def _select(selector, series: list[Series], runs: dict[int, dict]) -> list[Series]:
+    text = str(selector).strip()
+    if text.isdigit():
+        chosen = [s for s in series if s.run_id == int(text)]
+    elif "=" in text:
+        want = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+        chosen = [s for s in series if all(_spelled(s.settings.get(k)) == v for k, v in want.items())]
+    else:
+        chosen = [s for s in series if s.run_label == text]
+    if not chosen:
+        raise ReportError(f"selector {text!r} matches no series (use a run id, a run label, or setting=value[,...])")
+    return chosen
+
+
+def _spelled(value) -> str:
+    """Settings as a user types them: true/false for flags."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _auto_ab(series: list[Series], runs: dict[int, dict]) -> tuple[str, str] | None:
+    """Default A/B: two runs (first is baseline), or one setting with two values (off is baseline)."""
+    if len(runs) == 2:
+        a, b = sorted(runs)
+        return str(a), str(b)
+    vary = [k for k in varying_settings(series) if k != "model"]
+    if len(runs) == 1 and len(vary) == 1:
+        values = sorted({_spelled(s.settings.get(vary[0])) for s in series})
+        if len(values) == 2:
+            if "off" in values:
+                values.remove("off")
+                values.insert(0, "off")
+            return f"{vary[0]}={values[0]}", f"{vary[0]}={values[1]}"
+    return None
+
+
+def _ab_section(series, runs, baseline, compare_sel) -> list:
+    if baseline is None:
+        auto = _auto_ab(series, runs)
+        if auto is None:
+            return []
+        baseline, compare_sel = auto
+    a, b = _select(baseline, series, runs), _select(compare_sel, series, runs)
+    a_name, b_name = f"A ({baseline})", f"B ({compare_sel})"
+    blocks: list = [H(2, f"A/B: {compare_sel} vs {baseline}"),
+                    P(f"A = {', '.join(s.label for s in a)}; B = {', '.join(s.label for s in b)}. "
+                      f"Repetitions of every selected series are pooled per N_KV. Test: {TEST_NAME}.")]
+    if any(s.simulated for s in a) != any(s.simulated for s in b):
+        blocks.append(P("Warning: one side holds simulated-host rows and the other real rows."))
+    for phase in PHASES:
+        rows = compare([p for s in a for p in s.points], [p for s in b for p in s.points], phase)
+        blocks.append(P(verdict(rows, phase, "A", "B")))
+        if not rows:
+            continue
+        table_rows = []
+        for r in rows:
+            p = "n/a (1 sample)" if r.a.n < 2 or r.b.n < 2 else ("n/a" if r.p_value is None else f"{r.p_value:.3g}")
+            sig = "yes" if r.significant else "no" if r.p_value is not None else "—"
+            table_rows.append((str(r.n_kv), r.a.fmt(), str(r.a.n), r.b.fmt(), str(r.b.n), f"{r.ratio:.3f}",
+                               f"{(r.ratio - 1) * 100:+.1f}%", p, sig))
+        blocks.append(Table((f"N_KV ({phase.upper()})", f"{a_name} t/s", "n", f"{b_name} t/s", "n", "B/A",
+                             "Δ", "p", "significant"), tuple(table_rows)))
+    return blocks
+
+
+def _versus_table(series: list[Series], groups: dict[str, list[Series]], phase: str, title: str) -> list:
+    stats: dict[str, dict[int, Stat]] = {}
+    for name, members in groups.items():
+        pooled: dict[int, list[float]] = defaultdict(list)
+        for s in members:
+            for p in s.phase_points(phase):
+                pooled[p["n_kv"]].append(p[f"speed_{phase}"])
+        stats[name] = {n: Stat.of(v) for n, v in pooled.items()}
+    n_kvs = sorted({n for st in stats.values() for n in st})
+    if not n_kvs:
+        return []
+    names = list(groups)
+    rows = []
+    for n in n_kvs:
+        cells = [stats[name][n].fmt() if n in stats[name] else "—" for name in names]
+        rows.append((str(n), *cells))
+    return [H(3, f"{title}: S_{phase.upper()} t/s"), Table(("N_KV", *names), tuple(rows))]
+
+
+def _versus_sections(series: list[Series], by: str | None) -> list:
+    blocks: list = []
+    if by in (None, "host"):
+        hosts = sorted({s.host or "unknown host" for s in series})
+        if len(hosts) > 1 or by == "host":
+            groups = {h: [s for s in series if (s.host or "unknown host") == h] for h in hosts}
+            blocks.append(H(2, "Host vs host"))
+            blocks.append(P("Pooled over all runs, slots and settings of each host: compare like with like."))
+            for phase in PHASES:
+                blocks += _versus_table(series, groups, phase, "Hosts")
+    if by in (None, "setting"):
+        for key in [k for k in varying_settings(series) if k != "model"]:
+            values = sorted({_spelled(s.settings.get(key)) for s in series})
+            groups = {f"{key}={v}": [s for s in series if _spelled(s.settings.get(key)) == v] for v in values}
+            blocks.append(H(2, f"Setting vs setting: {key}"))
+            others = [k for k in varying_settings(series) if k not in (key, "model")]
+            if others:
+                blocks.append(P(f"Pooled over the other varying settings ({', '.join(others)})."))
+            for phase in PHASES:
+                blocks += _versus_table(series, groups, phase, key)
+    return blocks
+
+
+def _host_bandwidth(host: dict | None, points: list[dict]) -> tuple[float, str] | None:
+    """The memory bandwidth a series could use: local GB/s per node x nodes its memory is bound to."""
+    if not host or not host.get("profile"):
+        return None
+    bw = (host["profile"].get("mem_bandwidth_gbs") or {}).get("local")
+    if not bw:
+        return None
+    mems = {p.get("verified_mems") for p in points if p.get("verified_mems")}
+    n_nodes = 1
+    if len(mems) == 1:
+        from hostprofiles import parse_cpulist
+
+        n_nodes = max(1, len(parse_cpulist(mems.pop())))
+        return bw * n_nodes, f"{bw:g} GB/s per node × {n_nodes} node(s) bound"
+    return bw, f"{bw:g} GB/s (one node; memory binding not recorded)"
+
+
+def _bandwidth_section(series: list[Series], runs: dict[int, dict], hosts: dict[int, dict]) -> list:
+    blocks: list = []
+    for s in series:
+        wb = s.settings.get("weight_bytes") or runs[s.run_id]["settings"].get("weight_bytes")
+        if not wb or not s.phase_points("tg"):
+            continue
+        host_ids = {p["host_id"] for p in s.points if p["host_id"] is not None}
+        host_bw = _host_bandwidth(hosts.get(next(iter(host_ids))) if len(host_ids) == 1 else None, s.points)
+        rows = []
+        for n_kv, st in s.speed("tg").items():
+            gbs = float(wb) * st.mean / 1e9
+            pct = f"{gbs / host_bw[0] * 100:.0f}%" if host_bw else "—"
+            rows.append((str(n_kv), st.fmt(), f"{gbs:.1f}", pct))
+        if not blocks:
+            blocks.append(H(2, "TG effective memory bandwidth"))
+        note = host_bw[1] if host_bw else "host bandwidth unknown (no host profile with mem_bandwidth_gbs)"
+        blocks.append(P(f"{s.label}: {float(wb) / 1e9:.3f} GB of weights read per token; host: {note}. "
+                        "Weights only: KV-cache reads, which grow with N_KV, are not counted."))
+        blocks.append(Table(("N_KV", "S_TG t/s", "GB/s", "of host"), tuple(rows)))
+    return blocks
+
+
+def _host_summary(host: dict) -> list:
+    prof = host.get("profile") or {}
+    d = prof.get("derived") or {}
+    bw = prof.get("mem_bandwidth_gbs") or {}
+    facts = [
+        ("host", host.get("name") or host.get("fingerprint") or f"host {host['id']}"),
+        ("fingerprint", host.get("fingerprint") or "—"),
+        ("CPU", prof.get("cpu_model") or "—"),
+        ("sockets / cores / threads", f"{d.get('sockets', '—')} / {d.get('cores', '—')} / {d.get('threads', '—')}"),
+        ("NUMA mode", d.get("numa_mode") or "—"),
+        ("memory bandwidth", f"{bw.get('local')} GB/s local, {bw.get('remote')} remote ({bw.get('kind')})" if bw else "—"),
+        ("THP / numa_balancing", f"{prof.get('thp_enabled')} / {prof.get('numa_balancing')}"),
+        ("governor", str(prof.get("governor"))),
+        ("kernel", str(prof.get("kernel"))),
+        ("simulated", "yes" if host.get("simulated") or prof.get("simulated") else "no"),
+    ]
+    blocks: list = [Table(("host fact", "value"), tuple((k, str(v)) for k, v in facts), right=False)]
+    warnings = _tuning_warnings(prof)
+    if warnings:
+        blocks.append(P("Tuning warnings: " + "; ".join(warnings)))
+    return blocks
+
+
+def _tuning_warnings(profile: dict) -> list[str]:
+    if not profile:
+        return []
+    try:
+        import hostprofiles
+
+        return [f.message for f in hostprofiles.check(hostprofiles.HostProfile.from_json(profile))]
+    except Exception as exc:  # a profile from another numasweep version must not break the report
+        return [f"could not check tuning ({type(exc).__name__}: {exc})"]
+
+
+def _import_facts(run: dict) -> list:
+    meta = run.get("meta") or {}
+    rows = []
+    for key in ("name", "arch", "model_type", "ftype", "params", "size", "n_ctx_train"):
+        if key in (meta.get("model") or {}):
+            rows.append((f"model {key}", str(meta["model"][key])))
+    for key, value in (meta.get("host_state") or {}).items():
+        rows.append((f"host state: {key}", str(value)))
+    for key in ("cpu_info", "build_commit", "build_number", "format"):
+        if key in meta:
+            rows.append((key, str(meta[key])))
+    if meta.get("skipped_tests"):
+        rows.append(("skipped (pp+tg combined, not splittable)", ", ".join(meta["skipped_tests"])))
+    blocks: list = [Table(("imported fact", "value"), tuple(rows), right=False)] if rows else []
+    if meta.get("command"):
+        blocks.append(Pre(meta["command"]))
+    return blocks
+
+
+def _run_section(run: dict, series: list[Series], hosts: dict[int, dict]) -> list:
+    title = f"Run {run['id']}: {run.get('label') or ''}".rstrip(": ")
+    info = (f"source {run['source']}, status {run['status']}, started {run['started_at']}"
+            + (f", finished {run['finished_at']}" if run.get("finished_at") else "")
+            + (f", numasweep {run['version']}" if run.get("version") else "")
+            + (f", commit {run['git_commit']}" if run.get("git_commit") else ""))
+    blocks: list = [H(2, title), P(info)]
+    if run.get("note"):
+        blocks.append(P(f"Note: {run['note']}"))
+    if run["status"] != "ok":
+        blocks.append(P(f"This run is {run['status']}: its numbers may be incomplete."))
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(run["settings"].items()))
+    if settings:
+        blocks.append(P(f"Settings: {settings}"))
+    blocks += _import_facts(run)
+    for hid in sorted({p["host_id"] for s in series for p in s.points if p["host_id"] is not None}):
+        if hid in hosts:
+            blocks += _host_summary(hosts[hid])
+    for s in series:
+        blocks += _sweep_table(s)
+    return blocks
+
+
+def _sweep_table(s: Series) -> list:
+    """The sweep-bench table of one series, mean ± sd over repetitions."""
+    pp_speed, tg_speed, pp_time, tg_time = s.speed("pp"), s.speed("tg"), s.time("pp"), s.time("tg")
+    pp_size, tg_size = s.size("pp"), s.size("tg")
+    n_kvs = sorted(set(pp_speed) | set(tg_speed))
+    reps = max([st.n for st in (*pp_speed.values(), *tg_speed.values())], default=1)
+    rows = []
+    for n in n_kvs:
+        def cell(d, digits):
+            return d[n].fmt(digits) if n in d else "—"
+        rows.append((str(pp_size if n in pp_speed and pp_size else "—"), str(tg_size if n in tg_speed and tg_size else "—"),
+                     str(n), cell(pp_time, 3), cell(pp_speed, 2), cell(tg_time, 3), cell(tg_speed, 2)))
+    where = ", ".join(x for x in (s.host, s.slot) if x)
+    desc = f"Series {s.label}" + (f" on {where}" if where else "") + (
+        f": mean ± sd over {reps} repetitions" if reps > 1 else ": one repetition")
+    blocks: list = [H(3, desc)]
+    noise = s.max_noise()
+    if noise is not None and noise > 0.1:
+        blocks.append(P(f"Noisy: other processes used up to {noise:.0%} of this slot's CPU time during some rows."))
+    blocks.append(Table(("PP", "TG", "N_KV", "T_PP s", "S_PP t/s", "T_TG s", "S_TG t/s"), tuple(rows)))
+    return blocks
