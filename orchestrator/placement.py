@@ -144,8 +144,10 @@ def plan(profile: HostProfile, policy: str, threads: int | None = None, smt: boo
          fill: str = "compact") -> list[Placement]:
     """Slots for ``policy`` on ``profile``.
 
-    threads: CPUs per slot (default: every core of the slot, or every thread with
-    smt=True). cpus: the explicit list for policy "cpus" ("0-7,16" or ints).
+    threads: CPUs per slot, the same for every slot (default: every core of the
+    slot, or every thread with smt=True); more than the smallest slot has is an error.
+    cpus: the explicit list for policy "cpus" ("0-7,16" or ints), used as given
+    (SMT siblings included, still physical cores first).
     mem_policy: bind/interleave/preferred/none; default bind to the slot's nodes
     (whole-host: interleave over all nodes, "none" = first touch).
     fill: "compact" fills one die/L3 group before the next; "spread" deals cores over dies.
