@@ -2,8 +2,11 @@
 
 Every file is optional: VMs and containers lack cpufreq, platform_profile, even the
 node directory. A missing or unreadable file becomes None, never an exception.
+(The one exception: a malformed etc/numasweep/host.json, which a person wrote.)
 psutil and py-cpuinfo describe the running machine, so they are used only when
-root is the real "/"; any other root is read purely from its files.
+root is the real "/"; any other root is read purely from its files. materialize()
+writes their values into proc/meminfo and proc/cpuinfo, so a live detection
+round-trips too: only `simulated` (profile.REAL_ROOT_ONLY_FIELDS) differs.
 """
 from __future__ import annotations
 
