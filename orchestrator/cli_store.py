@@ -1,0 +1,87 @@
+"""Store sub-commands: ``import``, ``export``, ``report``, ``runs``. Thin shims over plain functions."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from orchestrator.store import DEFAULT_STORE, Store
+
+
+def _store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="PATH",
+                   help=f"results store (default: {DEFAULT_STORE} under the current directory)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("import", help="import llama-sweep-bench / llama-bench output files into the store")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--label", help="label of the imported runs (default: each file's name)")
+    p.add_argument("--host-profile", metavar="NAME", help="saved host profile (or profile JSON) the files came from")
+    _store_arg(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="print stored points as csv, jsonl or md")
+    p.add_argument("--format", choices=("csv", "jsonl", "md"), default="csv")
+    p.add_argument("--run", type=int, metavar="ID", help="only this run")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    _store_arg(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="write report.md + report.html with plots and A/B statistics")
+    p.add_argument("runs", nargs="*", type=int, metavar="RUN", help="run ids (default: all)")
+    p.add_argument("--baseline", metavar="SEL", help="A: run id, run label, or setting=value[,...]")
+    p.add_argument("--compare", metavar="SEL", help="B: same forms as --baseline")
+    p.add_argument("--by", choices=("host", "setting"), help="only this kind of side-by-side table")
+    p.add_argument("-o", "--output-dir", default="numasweep-report", metavar="DIR")
+    _store_arg(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("runs", help="list the runs in the store")
+    _store_arg(p)
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_import(args) -> int:
+    from orchestrator.importers.ingest import import_files
+
+    with Store.open(args.store) as store:
+        for res in import_files(store, args.files, label=args.label, host_profile=args.host_profile):
+            print(res.describe())
+    return 0
+
+
+def cmd_export(args) -> int:
+    from orchestrator.export import export_text
+
+    with Store.open(args.store, create=False) as store:
+        text = export_text(store, args.format, args.run)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from orchestrator.report import write_report
+
+    with Store.open(args.store, create=False) as store:
+        path = write_report(store, args.runs or None, args.output_dir, baseline=args.baseline,
+                            compare=args.compare, by=args.by)
+    print(f"report: {path.parent / 'report.md'}")
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    with Store.open(args.store, create=False) as store:
+        runs = store.runs()
+    if not runs:
+        print(f"{args.store}: no runs")
+        return 0
+    print(f"{'id':>4}  {'status':8} {'points':>6}  {'source':16} {'started':24} label")
+    for r in runs:
+        print(f"{r['id']:>4}  {r['status']:8} {r['n_points']:>6}  {r['source'][:16]:16} {r['started_at'][:24]:24} "
+              f"{r['label'] or ''}")
+    return 0
