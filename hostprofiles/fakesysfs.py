@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .cpulist import format_cpulist
 from .detection import EXTRA_FACTS
+from .errors import ProfileError
 from .profile import HostProfile
 
 # The choices the kernel offers in these files; the active one is [bracketed].
@@ -39,8 +40,11 @@ class _Tree:
 
 
 def materialize(profile: HostProfile, dir: str | os.PathLike) -> Path:
-    """Write ``profile`` as a sysfs/procfs tree under ``dir`` (created if needed)."""
+    """Write ``profile`` as a sysfs/procfs tree under ``dir`` (new or empty)."""
     root = Path(dir)
+    # Leftovers of another host (extra cpuN/ or nodeN/ dirs) would be detected too.
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ProfileError(f"materialize: {root} is not an empty directory")
     root.mkdir(parents=True, exist_ok=True)
     t = _Tree(root)
     cpu_dir = "sys/devices/system/cpu"

@@ -30,6 +30,12 @@ def test_materialize_then_detect_round_trips(name, tmp_path):
     assert detect(materialize(profile, tmp_path)) == profile
 
 
+def test_materialize_refuses_a_used_directory(tmp_path):
+    materialize(shipped("dev-vm"), tmp_path / "a")
+    with pytest.raises(ProfileError, match="not an empty directory"):
+        materialize(shipped("ryzen9-7950x"), tmp_path / "a")
+
+
 def test_live_detection_round_trips_except_simulated(tmp_path):
     live = detect("/")
     again = detect(materialize(live, tmp_path))
