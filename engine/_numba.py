@@ -1,0 +1,43 @@
+"""numba options and CPU-feature dispatch, in one place.
+
+Kernels use ``NJIT`` (serial) or ``PARALLEL`` (prange over disjoint outputs).
+``SIMD`` names the int8 dot-product path chosen for this host: "avx2" when the
+host has AVX2 + FMA + F16C (the intrinsics in ``_simd``), else "scalar" (plain
+numba, also the reference the SIMD path is tested against). The choice is
+recorded in every benchmark header.
+"""
+from __future__ import annotations
+
+import os
+
+import llvmlite.binding as _llvm
+import numba
+
+NJIT = dict(cache=True, nogil=True)
+PARALLEL = dict(cache=True, nogil=True, parallel=True)
+# Float kernels where reassociation is acceptable (norms, softmax sums).
+FAST = dict(cache=True, nogil=True, fastmath=True)
+FAST_PARALLEL = dict(cache=True, nogil=True, fastmath=True, parallel=True)
+
+
+def _host_simd() -> str:
+    forced = os.environ.get("NUMASWEEP_SIMD")
+    if forced in ("avx2", "scalar"):
+        return forced
+    feats = _llvm.get_host_cpu_features()
+    if feats.get("avx2") and feats.get("fma") and feats.get("f16c"):
+        return "avx2"
+    return "scalar"
+
+
+SIMD: str = _host_simd()
+CPU_NAME: str = _llvm.get_host_cpu_name()
+
+
+def max_threads() -> int:
+    """Threads numba may use here (its pool is sized from the affinity mask)."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def set_threads(n: int) -> None:
+    numba.set_num_threads(n)

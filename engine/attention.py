@@ -1,0 +1,206 @@
+"""Causal attention over the KV cache: flash (online softmax) and plain.
+
+Query i of a batch sits at absolute position pos0+i and attends to cache
+positions [0, pos0+i]. Work items are (block of up to 8 queries, KV head): the
+queries of a block and the g = n_head/n_kv_head query heads of a GQA group share
+every K/V chunk that is loaded (and dequantized) once per item.
+
+* flash: positions in chunks of 64; per chunk compute scores, update the running
+  max m, the running sum l and the accumulator acc (rescaled by exp(m_old-m_new));
+  never materializes an n_q x n_kv matrix.
+* plain (no -fa): one chunk covering every position: the full score row, a
+  softmax, then the weighted sum of V (ggml's soft_max(KQ) V).
+
+K in q8_0 is dotted with Q quantized to Q8_0 (what ggml's CPU path does for a
+q8_0 cache) using the int8 tiles of ``_simd``; f16/f32 K and every V type are
+converted to f32 per chunk.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from engine import _numba
+from engine._numba import NJIT, PARALLEL
+from engine._simd import f16_to_f32, q8_tile_1x1, q8_tile_4x1, q8_tile_4x2
+from engine.kvcache import KVCache
+from engine.matmul import dot_q8_0_scalar
+from engine.quant import f16_bits_to_f32, quantize_q8_0
+
+QUERY_BLOCK = 8
+FLASH_CHUNK = 64
+_TYPE_CODE = {"f32": 0, "f16": 1, "q8_0": 2}
+
+
+@njit(**NJIT)
+def _scores_q8_avx2(s, CH, kb, krow, khead_off, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow):
+    # s[col*CH + p] = K[p0+p] . Q[col]; column col = (query col//g, group head col%g)
+    p = 0
+    while p < cnt:
+        four = p + 4 <= cnt
+        kof = (p0 + p) * krow + khead_off
+        col = 0
+        while col < ncol:
+            qi = col // g
+            j = col - qi * g
+            xo = q0_off + qi * qrow + j * qhb
+            pair = (j + 1 < g) if g > 1 else (col + 1 < ncol)
+            if four and pair:
+                q8_tile_4x2(s, col * CH + p, CH, kb, kof, krow, qq, xo, cstride_pair, qhb // 34)
+                col += 2
+            elif four:
+                q8_tile_4x1(s, col * CH + p, CH, kb, kof, krow, qq, xo, cstride_pair, qhb // 34)
+                col += 1
+            else:
+                q8_tile_1x1(s, col * CH + p, 0, kb, kof, krow, qq, xo, 0, qhb // 34)
+                col += 1
+        p += 4 if four else 1
+
+
+@njit(**NJIT)
+def _scores_q8_scalar(s, CH, kb, krow, khead_off, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow):
+    for p in range(cnt):
+        kof = (p0 + p) * krow + khead_off
+        for col in range(ncol):
+            qi = col // g
+            j = col - qi * g
+            s[col * CH + p] = dot_q8_0_scalar(kb, kof, qq, q0_off + qi * qrow + j * qhb, qhb // 34)
+
+
+@njit(**NJIT)
+def _f16_run_avx2(dst, dst_off, src, src_off, n):
+    f16_to_f32(dst, dst_off, src, src_off, n)
+
+
+@njit(**NJIT)
+def _f16_run_scalar(dst, dst_off, src, src_off, n):
+    for i in range(n):
+        b = src_off + 2 * i
+        dst[dst_off + i] = f16_bits_to_f32(np.int64(src[b]) | (np.int64(src[b + 1]) << 8))
+
+
+@njit(**NJIT)
+def _rows_to_f32(cvt16, af, ab, atype, row_bytes, head, hd, p0, cnt, buf):
+    # buf[p*hd + d] = value d of head `head` at position p0+p; buf: flat f32
+    for p in range(cnt):
+        pos = p0 + p
+        if atype == 0:
+            for d in range(hd):
+                buf[p * hd + d] = af[pos, head * hd + d]
+        elif atype == 1:
+            cvt16(buf, p * hd, ab, pos * row_bytes + head * hd * 2, hd)
+        else:
+            base = pos * row_bytes + head * (hd // 32) * 34
+            for b in range(hd // 32):
+                o = base + b * 34
+                dd = f16_bits_to_f32(np.int64(ab[o]) | (np.int64(ab[o + 1]) << 8))
+                for t in range(32):
+                    v = np.int64(ab[o + 2 + t])
+                    if v > 127:
+                        v -= 256
+                    buf[p * hd + b * 32 + t] = dd * np.float32(v)
+
+
+@njit(**PARALLEL)
+def _attention(score_q8, cvt16, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
+               n_kv_head, pos0, scale, chunk, out):
+    # q: (n_q, n_head, hd) f32; qq: flat Q8_0 of q (when ktype == 2)
+    # kf/vf: (n_ctx, n_kv_head*hd) f32 or dummy; kb/vb: flat cache bytes or dummy
+    # out: (n_q, n_head, hdv) f32
+    n_q, n_head, hd = q.shape
+    hdv = out.shape[2]
+    g = n_head // n_kv_head
+    qhb = (hd // 32) * 34
+    qrow = n_head * qhb
+    cstride_pair = qhb if g > 1 else qrow
+    n_blocks = (n_q + 7) // 8
+    for item in prange(n_blocks * n_kv_head):
+        blk = item // n_kv_head
+        kvh = item - blk * n_kv_head
+        i0 = blk * 8
+        nqb = min(8, n_q - i0)
+        ncol = nqb * g
+        n_att_max = pos0 + i0 + nqb
+        CH = chunk if chunk > 0 else n_att_max
+        s = np.empty(ncol * CH, dtype=np.float32)
+        kbuf = np.empty(CH * hd if ktype != 2 else 1, dtype=np.float32)
+        vbuf = np.empty(CH * hdv, dtype=np.float32)
+        m = np.full(ncol, -np.inf, dtype=np.float32)
+        l = np.zeros(ncol, dtype=np.float32)
+        acc = np.zeros((ncol, hdv), dtype=np.float32)
+        for p0 in range(0, n_att_max, CH):
+            cnt = min(CH, n_att_max - p0)
+            if ktype == 2:
+                score_q8(s, CH, kb, krow, kvh * qhb, p0, cnt, qq, i0 * qrow + kvh * g * qhb,
+                         qhb, ncol, g, cstride_pair, qrow)
+            else:
+                _rows_to_f32(cvt16, kf, kb, ktype, krow, kvh, hd, p0, cnt, kbuf)
+                for col in range(ncol):
+                    qi = col // g
+                    h = kvh * g + (col - qi * g)
+                    for p in range(cnt):
+                        a = np.float32(0.0)
+                        for d in range(hd):
+                            a += q[i0 + qi, h, d] * kbuf[p * hd + d]
+                        s[col * CH + p] = a
+            _rows_to_f32(cvt16, vf, vb, vtype, vrow, kvh, hdv, p0, cnt, vbuf)
+            for col in range(ncol):
+                qi = col // g
+                lim = min(cnt, pos0 + i0 + qi + 1 - p0)  # causal: positions <= pos0+i0+qi
+                if lim <= 0:
+                    continue
+                mx = m[col]
+                for p in range(lim):
+                    v = s[col * CH + p] * scale
+                    s[col * CH + p] = v
+                    if v > mx:
+                        mx = v
+                corr = np.float32(0.0) if m[col] == -np.inf else np.exp(m[col] - mx)
+                if corr != 1.0:
+                    l[col] *= corr
+                    for d in range(hdv):
+                        acc[col, d] *= corr
+                for p in range(lim):
+                    e = np.exp(s[col * CH + p] - mx)
+                    l[col] += e
+                    for d in range(hdv):
+                        acc[col, d] += e * vbuf[p * hdv + d]
+                m[col] = mx
+        for col in range(ncol):
+            qi = col // g
+            h = kvh * g + (col - qi * g)
+            inv = np.float32(1.0) / l[col]
+            for d in range(hdv):
+                out[i0 + qi, h, d] = acc[col, d] * inv
+
+
+_DUMMY_F = np.zeros((1, 1), dtype=np.float32)
+_DUMMY_B = np.zeros(1, dtype=np.uint8)
+
+
+def attention(q: np.ndarray, cache: KVCache, layer: int, pos0: int, *, flash: bool,
+              scale: float | None = None, simd: str | None = None,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Causal attention of q (n_q, n_head, hd) f32 over cache positions [0, pos0+n_q)."""
+    n_q, n_head, hd = q.shape
+    if n_head % cache.n_kv_head or hd != cache.head_dim_k:
+        raise ValueError(f"attention: q {q.shape} does not fit cache heads {cache.n_kv_head}x{cache.head_dim_k}")
+    if pos0 + n_q > cache.n_ctx:
+        raise ValueError(f"attention: positions up to {pos0 + n_q} exceed n_ctx {cache.n_ctx}")
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    avx2 = (simd or _numba.SIMD) == "avx2"
+    kt, vt = _TYPE_CODE[cache.type_k], _TYPE_CODE[cache.type_v]
+    K, V = cache.k[layer], cache.v[layer]
+    kf, kb = (K, _DUMMY_B) if kt == 0 else (_DUMMY_F, K.view(np.uint8).reshape(-1))
+    vf, vb = (V, _DUMMY_B) if vt == 0 else (_DUMMY_F, V.view(np.uint8).reshape(-1))
+    qq = quantize_q8_0(q.reshape(n_q * n_head, hd)).reshape(-1) if kt == 2 else _DUMMY_B
+    if out is None:
+        out = np.empty((n_q, n_head, cache.head_dim_v), dtype=np.float32)
+    _attention(_scores_q8_avx2 if avx2 else _scores_q8_scalar,
+               _f16_run_avx2 if avx2 else _f16_run_scalar,
+               q, qq, kf, kb, kt, K.shape[1] * K.itemsize, vf, vb, vt, V.shape[1] * V.itemsize,
+               cache.n_kv_head, pos0, np.float32(scale if scale is not None else 1.0 / math.sqrt(hd)),
+               FLASH_CHUNK if flash else 0, out)
+    return out

@@ -1,0 +1,112 @@
+"""Matrix products: Q8_0 weights x Q8_0 activations, and f32 weights x f32.
+
+Layouts (row-major, like ggml's ``mul_mat(W, X)``):
+  W  (n_out, nb*34) u8   Q8_0 rows of n_in = nb*32 values (the GGUF tensor bytes)
+  X  (n_tok, nb*34) u8   activations quantized with ``quant.quantize_q8_0``
+  Y  (n_tok, n_out) f32  Y[t, r] = sum_b dW[r,b] dX[t,b] * (qW[r,b] . qX[t,b])
+The int8 dot per 32-block is exact in int32; only the per-block scaling and the
+sum over blocks are float. TG (n_tok = 1) is a GEMV over 4-row tiles; PP tiles
+4 rows x 2 tokens. prange runs over disjoint 4-row output tiles.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from engine import _numba
+from engine._numba import FAST_PARALLEL, NJIT, PARALLEL
+from engine._simd import q8_tile_1x1, q8_tile_4x1, q8_tile_4x2
+from engine.quant import f16_bits_to_f32
+
+
+@njit(inline="always", **NJIT)
+def _i8(v):
+    q = np.int64(v)
+    return q - 256 if q > 127 else q
+
+
+@njit(**NJIT)
+def dot_q8_0_scalar(w, wo, x, xo, nb):
+    """Plain-numba Q8_0 . Q8_0 over nb blocks (the fallback and the reference)."""
+    acc = np.float32(0.0)
+    for b in range(nb):
+        pw = wo + b * 34
+        px = xo + b * 34
+        dw = f16_bits_to_f32(np.int64(w[pw]) | (np.int64(w[pw + 1]) << 8))
+        dx = f16_bits_to_f32(np.int64(x[px]) | (np.int64(x[px + 1]) << 8))
+        s = 0
+        for i in range(32):
+            s += _i8(w[pw + 2 + i]) * _i8(x[px + 2 + i])
+        acc += np.float32(s) * (dw * dx)
+    return acc
+
+
+@njit(**PARALLEL)
+def _gemm_q8_0_avx2(w, n_out, x, n_tok, nb, out):
+    # w: flat (n_out*nb*34) u8; x: flat (n_tok*nb*34) u8; out: flat (n_tok*n_out) f32
+    rb = nb * 34
+    n_tiles = (n_out + 3) // 4
+    for tile in prange(n_tiles):
+        r0 = tile * 4
+        if r0 + 4 <= n_out:
+            t = 0
+            while t + 2 <= n_tok:
+                q8_tile_4x2(out, t * n_out + r0, n_out, w, r0 * rb, rb, x, t * rb, rb, nb)
+                t += 2
+            if t < n_tok:
+                q8_tile_4x1(out, t * n_out + r0, n_out, w, r0 * rb, rb, x, t * rb, rb, nb)
+        else:
+            for r in range(r0, n_out):
+                for t in range(n_tok):
+                    q8_tile_1x1(out, t * n_out + r, 0, w, r * rb, rb, x, t * rb, rb, nb)
+
+
+@njit(**PARALLEL)
+def _gemm_q8_0_scalar(w, n_out, x, n_tok, nb, out):
+    rb = nb * 34
+    for r in prange(n_out):
+        for t in range(n_tok):
+            out[t * n_out + r] = dot_q8_0_scalar(w, r * rb, x, t * rb, nb)
+
+
+@njit(**FAST_PARALLEL)
+def _gemm_f32(w, x, out):
+    # w: (n_out, n_in) f32; x: (n_tok, n_in) f32; out: (n_tok, n_out) f32
+    n_out, n_in = w.shape
+    for r in prange(n_out):
+        for t in range(x.shape[0]):
+            s = np.float32(0.0)
+            for i in range(n_in):
+                s += w[r, i] * x[t, i]
+            out[t, r] = s
+
+
+def gemm_q8_0(w: np.ndarray, xq: np.ndarray, out: np.ndarray | None = None,
+              simd: str | None = None) -> np.ndarray:
+    """Y = X W^T with W (n_out, nb*34) and X (n_tok, nb*34) Q8_0 bytes -> (n_tok, n_out) f32."""
+    if w.ndim != 2 or xq.ndim != 2 or w.dtype != np.uint8 or xq.dtype != np.uint8:
+        raise ValueError(f"gemm_q8_0: expected 2-D uint8 W and X, got {w.dtype}{w.shape}, {xq.dtype}{xq.shape}")
+    if w.shape[1] != xq.shape[1] or w.shape[1] % 34:
+        raise ValueError(f"gemm_q8_0: row bytes differ or are not whole blocks: {w.shape} vs {xq.shape}")
+    if not (w.flags.c_contiguous and xq.flags.c_contiguous):
+        raise ValueError("gemm_q8_0: W and X must be C-contiguous")
+    n_out, rb = w.shape
+    n_tok = xq.shape[0]
+    if out is None:
+        out = np.empty((n_tok, n_out), dtype=np.float32)
+    elif out.shape != (n_tok, n_out) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"gemm_q8_0: out must be contiguous f32 {(n_tok, n_out)}")
+    kernel = _gemm_q8_0_avx2 if (simd or _numba.SIMD) == "avx2" else _gemm_q8_0_scalar
+    kernel(w.reshape(-1), n_out, xq.reshape(-1), n_tok, rb // 34, out.reshape(-1))
+    return out
+
+
+def gemm_f32(w: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Y = X W^T in f32: W (n_out, n_in), X (n_tok, n_in) -> (n_tok, n_out)."""
+    if w.ndim != 2 or x.ndim != 2 or w.shape[1] != x.shape[1]:
+        raise ValueError(f"gemm_f32: shapes {w.shape} and {x.shape} do not match")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if out is None:
+        out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+    _gemm_f32(w, x, out)
+    return out

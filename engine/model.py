@@ -1,0 +1,185 @@
+"""The llama-family forward pass over a KV cache.
+
+Config (ModelConfig), read-only weights (Weights, mmap'd) and run state
+(KVCache + scratch) are kept apart. ``Model.eval(tokens, pos)`` runs one batch
+at positions [pos, pos+n): n == 1 uses ``n_threads`` (TG), n > 1 uses
+``n_threads_batch`` (PP), like llama.cpp's -t / -tb.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from engine import _numba
+from engine.attention import attention
+from engine.errors import EngineError
+from engine.gguf_model import ModelConfig, Weight, Weights, load_weights, open_gguf
+from engine.kvcache import KV_TYPES, KVCache
+from engine.matmul import gemm_f32, gemm_q8_0
+from engine.ops import rmsnorm, rope_cache, rope_inplace, swiglu
+from engine.quant import dequantize_q8_0, quantize_q8_0
+
+
+def rss_hwm_mib() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    n_ctx: int = 4096
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool = True
+    n_threads: int = 0          # 0 = all CPUs numba may use
+    n_threads_batch: int = 0
+
+    def validate(self) -> "EngineOptions":
+        for flag, t in (("-ctk", self.type_k), ("-ctv", self.type_v)):
+            if t not in KV_TYPES:
+                raise EngineError(f"{flag}: unknown cache type {t!r} (allowed: {', '.join(KV_TYPES)})")
+        if self.n_ctx <= 0:
+            raise EngineError(f"-c: context size must be positive, got {self.n_ctx}")
+        avail = _numba.max_threads()
+        for flag, n in (("-t", self.n_threads), ("-tb", self.n_threads_batch)):
+            if n < 0 or n > avail:
+                raise EngineError(f"{flag}: {n} threads requested but only {avail} CPUs are available")
+        return self
+
+
+def _matmul(w: Weight, x: np.ndarray, xq: np.ndarray | None) -> np.ndarray:
+    if w.kind == "q8_0":
+        return gemm_q8_0(w.data, xq)
+    return gemm_f32(w.data, x)
+
+
+def _embed(w: Weight, tokens: np.ndarray) -> np.ndarray:
+    if w.kind == "q8_0":
+        return dequantize_q8_0(np.ascontiguousarray(w.data[tokens]))
+    return np.ascontiguousarray(w.data[tokens], dtype=np.float32)
+
+
+class Model:
+    """A loaded model plus its KV cache. Not thread-safe (one eval at a time)."""
+
+    def __init__(self, path: str, config: ModelConfig, weights: Weights, options: EngineOptions,
+                 load_seconds: float):
+        self.path = path
+        self.config = config
+        self.weights = weights
+        self.options = options
+        self.load_seconds = load_seconds
+        c = config
+        self.cache = KVCache(c.n_layer, options.n_ctx, c.n_head_kv, c.head_dim, c.head_dim,
+                             options.type_k, options.type_v)
+        self.n_threads = options.n_threads or _numba.max_threads()
+        self.n_threads_batch = options.n_threads_batch or self.n_threads
+        self._yarn = c.rope_scaling == "yarn"
+
+    # -- facts for headers and reports -------------------------------------------------
+    @property
+    def n_params(self) -> int:
+        w = self.weights
+        n = sum(x.n_out * x.n_in for x in (w.token_embd,) + (() if w.tied_output else (w.output,)))
+        for L in w.layers:
+            n += sum(x.n_out * x.n_in for x in (L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down))
+            n += 2 * L.attn_norm.shape[0]
+        return n
+
+    @property
+    def size_bytes(self) -> int:
+        return os.path.getsize(self.path)
+
+    @property
+    def weight_bytes_per_token(self) -> int:
+        return self.weights.matmul_bytes_per_token
+
+    # -- KV cache --------------------------------------------------------------------
+    @property
+    def n_past(self) -> int:
+        return self.cache.n_used
+
+    def kv_clear(self) -> None:
+        self.cache.clear()
+
+    def kv_truncate(self, n: int) -> None:
+        """Keep positions [0, n) of the cache."""
+        self.cache.remove(n, -1)
+
+    # -- forward ---------------------------------------------------------------------
+    def eval(self, tokens, pos: int, all_logits: bool = True) -> np.ndarray:
+        """Run token ids at positions [pos, pos+n); return f32 logits (n or 1, n_vocab)."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n = tokens.shape[0]
+        c = self.config
+        if n == 0:
+            raise EngineError("eval: empty batch")
+        if tokens.min() < 0 or tokens.max() >= self.weights.token_embd.n_out:
+            raise EngineError(f"eval: token id out of range [0, {self.weights.token_embd.n_out})")
+        if pos != self.cache.n_used:
+            raise EngineError(f"eval: batch at position {pos} but the cache holds {self.cache.n_used}")
+        if pos + n > self.cache.n_ctx:
+            raise EngineError(f"eval: positions up to {pos + n} exceed n_ctx {self.cache.n_ctx}")
+        _numba.set_threads(self.n_threads if n == 1 else self.n_threads_batch)
+        positions = np.arange(pos, pos + n)
+        cos, sin = rope_cache(positions, c.n_rot, c.rope_freq_base, c.rope_freq_scale,
+                              1.0 if self._yarn else 0.0, 1.0, c.rope_n_ctx_orig)
+        x = _embed(self.weights.token_embd, tokens)                      # (n, n_embd) f32
+        for li, L in enumerate(self.weights.layers):
+            h = rmsnorm(x, L.attn_norm, c.rms_eps)
+            hq = quantize_q8_0(h)
+            q = _matmul(L.wq, h, hq)                                     # (n, n_head*hd)
+            k = _matmul(L.wk, h, hq)                                     # (n, n_kv*hd)
+            v = _matmul(L.wv, h, hq)
+            if L.bq is not None:
+                q += L.bq
+            if L.bk is not None:
+                k += L.bk
+            if L.bv is not None:
+                v += L.bv
+            q3 = q.reshape(n, c.n_head, c.head_dim)
+            k3 = k.reshape(n, c.n_head_kv, c.head_dim)
+            rope_inplace(q3, cos, sin, c.n_rot, c.rope_neox)
+            rope_inplace(k3, cos, sin, c.n_rot, c.rope_neox)
+            self.cache.store(li, pos, k, v)
+            a = attention(q3, self.cache, li, pos, flash=self.options.flash_attn)
+            a2 = a.reshape(n, c.n_head * c.head_dim)
+            x += _matmul(L.wo, a2, quantize_q8_0(a2) if L.wo.kind == "q8_0" else None)
+            h = rmsnorm(x, L.ffn_norm, c.rms_eps)
+            hq = quantize_q8_0(h)
+            g = _matmul(L.w_gate, h, hq)
+            u = _matmul(L.w_up, h, hq)
+            s = swiglu(g, u)
+            x += _matmul(L.w_down, s, quantize_q8_0(s) if L.w_down.kind == "q8_0" else None)
+        self.cache.commit(pos, n)
+        if not all_logits:
+            x = x[-1:]
+        h = rmsnorm(np.ascontiguousarray(x), self.weights.output_norm, c.rms_eps)
+        out = self.weights.output
+        return _matmul(out, h, quantize_q8_0(h) if out.kind == "q8_0" else None)
+
+
+def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16", type_v: str = "f16",
+               flash_attn: bool = True, n_threads: int = 0, n_threads_batch: int = 0,
+               log: Callable[[str], None] | None = None) -> Model:
+    """Load a GGUF model (llama / qwen2) with a KV cache of n_ctx positions."""
+    opts = EngineOptions(n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=flash_attn,
+                         n_threads=n_threads, n_threads_batch=n_threads_batch).validate()
+    t0 = time.perf_counter()
+    path = str(path)
+    reader = open_gguf(path)
+    cfg = ModelConfig.from_gguf(reader, path)
+    weights = load_weights(reader, cfg, path, log=log)
+    if cfg.n_vocab == 0:
+        cfg = ModelConfig(**{**cfg.__dict__, "n_vocab": weights.token_embd.n_out})
+    return Model(path, cfg, weights, opts, time.perf_counter() - t0)
+
+
+def stderr_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

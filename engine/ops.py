@@ -1,0 +1,147 @@
+"""Elementwise and row kernels: RMSNorm, RoPE, SwiGLU, softmax.
+
+Each public wrapper checks shapes/dtypes and calls a private numba kernel that
+writes a preallocated output over disjoint prange rows. The numpy references
+these are tested against live in tests/reference.py.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from engine._numba import FAST_PARALLEL, PARALLEL
+
+
+@njit(**PARALLEL)
+def _rmsnorm(x, w, eps, out):
+    # x: (n, d) f32; w: (d,) f32; out: (n, d) f32. Sum of squares in f64 like ggml.
+    n, d = x.shape
+    for t in prange(n):
+        ss = 0.0
+        for i in range(d):
+            v = np.float64(x[t, i])
+            ss += v * v
+        scale = np.float32(1.0 / math.sqrt(ss / d + eps))
+        for i in range(d):
+            out[t, i] = x[t, i] * scale * w[i]
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
+    """RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * w."""
+    if x.ndim != 2 or w.shape != (x.shape[1],):
+        raise ValueError(f"rmsnorm: x {x.shape} and weight {w.shape} do not match")
+    if out is None:
+        out = np.empty_like(x)
+    _rmsnorm(x, w, float(eps), out)
+    return out
+
+
+def rope_cache(positions: np.ndarray, n_rot: int, freq_base: float, freq_scale: float = 1.0,
+               ext_factor: float = 0.0, attn_factor: float = 1.0, n_ctx_orig: int = 0,
+               beta_fast: float = 32.0, beta_slow: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin tables (n_pos, n_rot/2) f32 following ggml's rope_yarn.
+
+    freq_scale = 1/factor for linear and YaRN scaling; ext_factor > 0 turns on
+    YaRN's ramp between interpolated and extrapolated frequencies (and its
+    mscale); ext_factor = 0 is plain (optionally linearly scaled) RoPE.
+    """
+    half = n_rot // 2
+    theta_scale = freq_base ** (-2.0 / n_rot)
+    i0 = np.arange(half, dtype=np.float64)  # pair index (= ggml's i0/2)
+    theta_extrap = positions.astype(np.float64)[:, None] * theta_scale ** i0[None, :]
+    theta_interp = freq_scale * theta_extrap
+    mscale = attn_factor
+    if ext_factor != 0.0:
+        def corr_dim(n_r):
+            return n_rot * math.log(n_ctx_orig / (n_r * 2 * math.pi)) / (2 * math.log(freq_base))
+        low = max(0.0, math.floor(corr_dim(beta_fast)))
+        high = min(n_rot - 1.0, math.ceil(corr_dim(beta_slow)))
+        y = (i0 - low) / max(0.001, high - low)
+        ramp_mix = (1.0 - np.clip(y, 0.0, 1.0)) * ext_factor
+        theta = theta_interp * (1 - ramp_mix) + theta_extrap * ramp_mix
+        mscale *= 1.0 + 0.1 * math.log(1.0 / freq_scale)
+    else:
+        theta = theta_interp
+    return ((np.cos(theta) * mscale).astype(np.float32),
+            (np.sin(theta) * mscale).astype(np.float32))
+
+
+@njit(**PARALLEL)
+def _rope(x, cos, sin, n_rot, neox):
+    # x: (n, n_head, hd) f32 rotated in place; cos/sin: (n, n_rot/2) f32
+    n, n_head, hd = x.shape
+    half = n_rot // 2
+    for t in prange(n):
+        for h in range(n_head):
+            for i in range(half):
+                c = cos[t, i]
+                s = sin[t, i]
+                if neox:
+                    a = x[t, h, i]
+                    b = x[t, h, i + half]
+                    x[t, h, i] = a * c - b * s
+                    x[t, h, i + half] = a * s + b * c
+                else:
+                    a = x[t, h, 2 * i]
+                    b = x[t, h, 2 * i + 1]
+                    x[t, h, 2 * i] = a * c - b * s
+                    x[t, h, 2 * i + 1] = a * s + b * c
+
+
+def rope_inplace(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_rot: int, neox: bool) -> None:
+    """Rotate the first n_rot dims of every head: NORM pairs (2i, 2i+1), NEOX pairs (i, i+n_rot/2)."""
+    if x.ndim != 3 or cos.shape != (x.shape[0], n_rot // 2) or sin.shape != cos.shape:
+        raise ValueError(f"rope: x {x.shape}, cos {cos.shape} do not match n_rot {n_rot}")
+    if n_rot > x.shape[2] or n_rot % 2:
+        raise ValueError(f"rope: n_rot {n_rot} invalid for head size {x.shape[2]}")
+    _rope(x, cos, sin, n_rot, bool(neox))
+
+
+@njit(**FAST_PARALLEL)
+def _swiglu(g, u, out):
+    # g, u, out: (n, f) f32; out = silu(g) * u
+    n, f = g.shape
+    for t in prange(n):
+        for i in range(f):
+            v = g[t, i]
+            out[t, i] = v / (np.float32(1.0) + np.exp(-v)) * u[t, i]
+
+
+def swiglu(g: np.ndarray, u: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    if g.shape != u.shape or g.ndim != 2:
+        raise ValueError(f"swiglu: gate {g.shape} and up {u.shape} differ")
+    if out is None:
+        out = np.empty_like(g)
+    _swiglu(g, u, out)
+    return out
+
+
+@njit(**PARALLEL)
+def _softmax(x, out):
+    # x, out: (n, m) f32; max-subtracted, sum in f64
+    n, m = x.shape
+    for t in prange(n):
+        mx = x[t, 0]
+        for i in range(1, m):
+            if x[t, i] > mx:
+                mx = x[t, i]
+        s = 0.0
+        for i in range(m):
+            e = np.exp(x[t, i] - mx)
+            out[t, i] = e
+            s += e
+        inv = np.float32(1.0 / s)
+        for i in range(m):
+            out[t, i] *= inv
+
+
+def softmax(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Row-wise softmax of a (n, m) f32 array."""
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"softmax: expected non-empty 2-D input, got {x.shape}")
+    if out is None:
+        out = np.empty_like(x)
+    _softmax(x, out)
+    return out
