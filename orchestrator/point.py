@@ -90,6 +90,7 @@ class Point:
     # Derived in __post_init__; not constructor arguments.
     settings_json: str = field(default="", init=False, repr=False, compare=False)
     settings_key: str = field(default="", init=False, repr=False, compare=False)
+    placement_json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("n_kv", "pp", "tg", "rep"):
@@ -116,7 +117,7 @@ class Point:
         object.__setattr__(self, "settings_json", sj)
         object.__setattr__(self, "settings_key", settings_key_of(sj))
         if self.placement is not None:
-            canonical_json(self.placement, "point field placement")
+            object.__setattr__(self, "placement_json", canonical_json(self.placement, "point field placement"))
 
     def key(self) -> tuple:
         """Identity within a run: the tuples ``Store.done_keys`` returns."""
@@ -131,7 +132,7 @@ class Point:
         """
         if not isinstance(row, dict):
             raise StoreError(f"sweep row must be a JSON object, got {type(row).__name__}")
-        names = {f.name for f in fields(cls) if f.init}
+        names = _init_names(cls)
         kwargs: dict[str, Any] = {}
         settings: dict[str, Any] = {}
         for key, value in row.items():
@@ -160,6 +161,16 @@ class Point:
             "rss_hwm_mib": self.rss_hwm_mib, "repack_scratch_mib": self.repack_scratch_mib,
             "rep": self.rep,
         }
+
+
+_INIT_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _init_names(cls: type) -> frozenset[str]:
+    """Constructor field names, computed once per class (from_sweep_row is on the ingest hot path)."""
+    if cls not in _INIT_NAMES:
+        _INIT_NAMES[cls] = frozenset(f.name for f in fields(cls) if f.init)
+    return _INIT_NAMES[cls]
 
 
 def point_key(host_id, slot, settings_key, rep, n_kv, pp, tg) -> tuple:

@@ -267,7 +267,8 @@ class Store:
 
     def add_points(self, run_id: int, points: Iterable[Point]) -> int:
         """Store several points in ONE transaction (an import file); returns how many were new."""
-        rows = [self._point_row(run_id, p) for p in points]
+        now = _now()
+        rows = [self._point_row(run_id, p, now) for p in points]
         with self.transaction() as conn:
             try:
                 before = conn.total_changes
@@ -285,14 +286,14 @@ class Store:
         return f"{self.path}: cannot store point for run {run_id}: {exc}"
 
     @staticmethod
-    def _point_row(run_id: int, p: Point) -> tuple:
+    def _point_row(run_id: int, p: Point, now: str) -> tuple:
         if not isinstance(p, Point):
             raise StoreError(f"add_point wants a Point, got {type(p).__name__}")
         return (
-            run_id, p.host_id, p.slot, None if p.placement is None else canonical_json(p.placement),
+            run_id, p.host_id, p.slot, p.placement_json,
             p.settings_json, p.settings_key, p.rep, p.n_kv, p.pp, p.tg, p.t_pp, p.speed_pp, p.t_tg,
             p.speed_tg, p.rss_hwm_mib, p.repack_scratch_mib, p.verified_cpus, p.verified_mems,
-            p.noise, int(p.simulated), _now(),
+            p.noise, int(p.simulated), now,
         )
 
     def finish_run(self, run_id: int, status: str, note: str | None = None) -> None:
