@@ -89,14 +89,15 @@ def test_mainline_llama_bench_formats(fmt):
     p.points()  # every row is a valid Point
 
 
-@pytest.mark.parametrize("fmt", ["md", "sql"])
+@pytest.mark.parametrize("fmt", ["md", "sql", "json"])
 def test_ik_llama_bench(fmt):
     p = parse_file(FIX / f"ik-llama-bench.{fmt}")
     assert p.source == "ik-llama-bench"
     assert p.meta["skipped_tests"] == ["pp512+tg128"]
     gp = [r for r in p.rows if r["n_kv"] == 512]
-    assert len(gp) == 1 and gp[0]["tg"] == 128 and gp[0]["pp"] == 0
-    assert gp[0]["speed_tg"] == pytest.approx(32.06, abs=0.01)
+    reps = 3 if fmt == "json" else 1
+    assert len(gp) == reps and gp[0]["tg"] == 128 and gp[0]["pp"] == 0
+    assert sum(r["speed_tg"] for r in gp) / reps == pytest.approx(32.06, abs=0.01)
     assert p.settings["mla"] == 3
 
 
