@@ -14,6 +14,7 @@ import sys
 _COMMAND_MODULES = (
     "engine.cli",
     "orchestrator.cli_host",
+    "orchestrator.cli_run",
     "orchestrator.cli_store",
 )
 

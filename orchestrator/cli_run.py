@@ -1,0 +1,220 @@
+"""`numasweep run | resume | submit | status | logs`: sweeps on local Ray or a cluster.
+
+A thin shim over ``coordinator.run_sweep`` and Ray Jobs. ``run`` with no spec is
+the embedded default main job (tiny model, this host, local Ray, k_repack on/off).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from orchestrator.errors import NumasweepError
+from orchestrator.spec import DEFAULT_STORE, SweepSpec
+
+# The embedded main job: short enough for a few minutes on 2 cores. K is q8_0 with
+# flash attention so that the K-cache repack applies and on/off differ.
+DEFAULT_JOB = {
+    "label": "default: tiny model, k_repack on vs off",
+    "model": {"shape": "tiny", "seed": 0},
+    "sweep": {"c": 1024, "ub": 256, "tg": 32, "type_k": "q8_0", "type_v": "f16", "flash_attn": True,
+              "k_repack": ["on", "off"]},
+    "placement": {"policy": "per-node"},
+}
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+
+
+class RunError(NumasweepError):
+    """A run or job command cannot do what was asked (no such run, no Ray job server, ...)."""
+
+
+def _spec(args: argparse.Namespace) -> SweepSpec:
+    spec = SweepSpec.from_toml(args.spec) if args.spec else SweepSpec.from_dict(DEFAULT_JOB)
+    if args.store:
+        spec = _with_store(spec, args.store)
+    return spec
+
+
+def _with_store(spec: SweepSpec, store: str) -> SweepSpec:
+    import dataclasses
+    return dataclasses.replace(spec, store=store)
+
+
+def _executor(args: argparse.Namespace, spec: SweepSpec):
+    """The executor and a function that tears it down."""
+    if args.no_ray:
+        from orchestrator.coordinator import LocalExecutor
+        ex = LocalExecutor()
+        return ex, ex.close
+    from orchestrator import ray_backend
+
+    address = args.address or spec.address
+    if address or os.environ.get("RAY_ADDRESS"):  # inside a Ray Job the cluster is given
+        ray_backend.connect(address)
+    else:
+        ray_backend.start_local()
+    ex = ray_backend.RayExecutor()
+
+    def stop() -> None:
+        ex.close()
+        ray_backend.shutdown()
+    return ex, stop
+
+
+def _execute(args: argparse.Namespace, spec: SweepSpec, run_id: int | None) -> int:
+    from orchestrator.coordinator import run_sweep
+    from orchestrator.store import Store
+
+    store = Store.open(spec.store)
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    executor, stop = _executor(args, spec)
+    try:
+        result = run_sweep(spec, executor, store, run_id=run_id, progress=say)
+    finally:
+        stop()
+    print(render_tables(store.points(result.run_id)))
+    if not args.no_report:
+        try:
+            from orchestrator.report import write_report
+        except ImportError:
+            write_report = None
+        if write_report is not None:
+            out = Path(spec.store).parent / "reports" / f"run-{result.run_id}"
+            print(f"report: {write_report(store, [result.run_id], out)}")
+    store.close()
+    print(f"run {result.run_id}: {result.status} ({result.stored} of {result.expected} points stored in {spec.store})")
+    return 0 if result.status == "ok" else 1
+
+
+def render_tables(points: list[dict]) -> str:
+    """One sweep-bench table per (host, slot, settings), with the settings that name it."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        groups.setdefault((p["host_name"], p["slot"], p["settings_key"]), []).append(p)
+    out = []
+    for (host, slot, _), rows in groups.items():
+        s = rows[0]["settings"]
+        out.append(f"\n{host}/{slot}: model={s.get('model')} t={s.get('threads')} tb={s.get('threads_batch')} "
+                   f"ctk={s.get('type_k')} ctv={s.get('type_v')} fa={int(bool(s.get('flash_attn')))} "
+                   f"k_repack={s.get('k_repack')} cpus={rows[0]['verified_cpus']} mem={rows[0]['verified_mems']}"
+                   + (" [simulated]" if rows[0]["simulated"] else ""))
+        out.append("|    PP |     TG |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s | rep | noise |")
+        out.append("|-------|--------|--------|----------|----------|----------|----------|-----|-------|")
+        for r in sorted(rows, key=lambda r: (r["n_kv"], r["rep"])):
+            noise = "" if r["noise"] is None else f"{r['noise']:.0%}"
+            out.append(f"| {r['pp']:5d} | {r['tg']:6d} | {r['n_kv']:6d} | {r['t_pp']:8.3f} | {r['speed_pp']:8.2f} "
+                       f"| {r['t_tg']:8.3f} | {r['speed_tg']:8.2f} | {r['rep']:3d} | {noise:>5} |")
+    return "\n".join(out)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _execute(args, _spec(args), None)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from orchestrator.store import Store
+
+    store_path = args.store or DEFAULT_STORE
+    if not Path(store_path).is_file():
+        raise RunError(f"--store {store_path}: no such results store")
+    with Store.open(store_path) as store:
+        run = store.run(args.run_id)
+    if run["source"] != "numasweep" or not run["spec"]:
+        raise RunError(f"run {args.run_id} was imported ({run['source']}), not measured: nothing to resume")
+    spec = _with_store(SweepSpec.from_dict(run["spec"], base=Path(run["settings"].get("spec_dir", "."))), store_path)
+    args.spec = None
+    return _execute(args, spec, args.run_id)
+
+
+# -- Ray Jobs ------------------------------------------------------------------
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RunError(f"no Ray job server at {address}: {str(exc).splitlines()[0]}") from None
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = SweepSpec.from_toml(args.spec)  # validate here, before anything is submitted
+    store = str(Path(args.store or spec.store).resolve())
+    # The venv's absolute python: the job's shell does not have this venv on PATH.
+    argv = [sys.executable, "-m", "orchestrator", "run", str(Path(args.spec).resolve()), "--store", store]
+    if args.no_report:
+        argv.append("--no-report")
+    job = _client(args.address).submit_job(entrypoint=shlex.join(argv), entrypoint_num_cpus=0,
+                                           metadata={"numasweep_spec": str(Path(args.spec).resolve())})
+    print(job)
+    print(f"follow it with: numasweep logs {job} --follow --address {args.address}", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args.address)
+    if args.job:
+        try:
+            print(f"{args.job}: {client.get_job_status(args.job).value}")
+        except RuntimeError as exc:
+            raise RunError(f"job {args.job}: {str(exc).splitlines()[0]}") from None
+        return 0
+    for info in client.list_jobs():
+        print(f"{info.submission_id or info.job_id}  {info.status.value:<9}  {info.entrypoint}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = _client(args.address)
+    try:
+        if not args.follow:
+            print(client.get_job_logs(args.job), end="")
+            return 0
+        import asyncio
+
+        async def follow() -> None:
+            async for chunk in client.tail_job_logs(args.job):
+                print(chunk, end="", flush=True)
+        asyncio.run(follow())
+    except RuntimeError as exc:
+        raise RunError(f"job {args.job}: {str(exc).splitlines()[0]}") from None
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    def run_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", default=None, help=f"results store (default: the spec's, else {DEFAULT_STORE})")
+        p.add_argument("--address", default=None,
+                       help="Ray cluster to join (default: start an embedded Ray on 127.0.0.1)")
+        p.add_argument("--no-ray", action="store_true", help="run the slots as local pinned processes, no Ray")
+        p.add_argument("--no-report", action="store_true", help="do not write the HTML/Markdown report")
+        p.add_argument("-q", "--quiet", action="store_true", help="no live progress lines")
+
+    p = sub.add_parser("run", help="run a sweep spec (default: the embedded main job) on Ray")
+    p.add_argument("spec", nargs="?", help="sweep spec TOML (see examples/); none = the default main job")
+    run_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="finish an interrupted or partial run")
+    p.add_argument("run_id", type=int)
+    run_flags(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("submit", help="submit a sweep spec as a Ray Job")
+    p.add_argument("spec")
+    p.add_argument("--address", default=DEFAULT_DASHBOARD, help=f"Ray dashboard / job server (default {DEFAULT_DASHBOARD})")
+    p.add_argument("--store", default=None, help="results store on the head node (default: the spec's)")
+    p.add_argument("--no-report", action="store_true")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="status of submitted Ray Jobs")
+    p.add_argument("job", nargs="?")
+    p.add_argument("--address", default=DEFAULT_DASHBOARD)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="logs of a submitted Ray Job")
+    p.add_argument("job")
+    p.add_argument("--follow", action="store_true")
+    p.add_argument("--address", default=DEFAULT_DASHBOARD)
+    p.set_defaults(func=cmd_logs)
