@@ -16,6 +16,7 @@ import argparse
 import ctypes
 import os
 import re
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from hostprofiles.cpulist import format_cpulist, parse_cpulist  # noqa: F401 (re
 from hostprofiles.errors import ProfileError
 
 SYS_SET_MEMPOLICY = 238  # x86_64
+PR_SET_PDEATHSIG = 1
 MPOL = {"none": 0, "preferred": 1, "bind": 2, "interleave": 3}  # MPOL_DEFAULT, ...
 _NUMA_MAPS_MODE = {"preferred": "prefer", "bind": "bind", "interleave": "interleave"}
 _MAX_NODES = 1024
@@ -178,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         os.sched_setaffinity(0, args.cpus)
         set_mempolicy(*args.mem)
+        # Die with the worker that started us (kill -9 of a worker must not leave an engine
+        # running on the slot's CPUs while its restart measures there). Survives exec.
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, PinError) as exc:
         print(f"orchestrator.pin: {exc}", file=sys.stderr)
         return 2
