@@ -35,10 +35,14 @@ BOOL_SETTINGS = ("flash_attn", "rtr", "fmoe", "no_mmap", "use_mmap", "no_kv_offl
                  "cpu_strict", "use_thp")
 
 
+# One encoder: json.dumps with non-default options builds a new encoder per call (ingest hot path).
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def canonical_json(value: Any, what: str = "value") -> str:
     """Sorted-key compact JSON; the one spelling used for hashing and storage."""
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"{what} is not JSON-serialisable: {exc}") from None
 

@@ -263,7 +263,16 @@ class Store:
 
     def add_point(self, run_id: int, point: Point) -> bool:
         """Store one point in its own transaction; False if that point was already stored."""
-        return self.add_points(run_id, (point,)) == 1
+        row = self._point_row(run_id, point, _now())
+        with self._lock:
+            if self._depth:  # inside an open transaction(): join it
+                return self.add_points(run_id, (point,)) == 1
+            try:
+                # Outside a transaction one INSERT is one atomic, durable transaction:
+                # no separate BEGIN/COMMIT round trips on the coordinator's hot path.
+                return self._conn.execute(_INSERT_POINT, row).rowcount == 1
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(self._point_refusal(self._conn, run_id, [row], exc)) from None
 
     def add_points(self, run_id: int, points: Iterable[Point]) -> int:
         """Store several points in ONE transaction (an import file); returns how many were new."""
