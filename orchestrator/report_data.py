@@ -193,7 +193,8 @@ def verdict(rows: list[Comparison], phase: str, a_name: str, b_name: str) -> str
                 f"{_fmt_kv(rows[-1].n_kv)}; one sample per point, so no significance can be claimed.")
     spans: list[list] = []
     for r in rows:
-        kind = "faster" if r.significant and r.ratio > 1 else "slower" if r.significant else "same"
+        kind = ("untested" if r.p_value is None and (r.a.n < 2 or r.b.n < 2)
+                else "faster" if r.significant and r.ratio > 1 else "slower" if r.significant else "same")
         if spans and spans[-1][0] == kind:
             spans[-1][1].append(r)
         else:
@@ -204,6 +205,8 @@ def verdict(rows: list[Comparison], phase: str, a_name: str, b_name: str) -> str
                  else f"N_KV {_fmt_kv(rs[0].n_kv)}–{_fmt_kv(rs[-1].n_kv)}")
         if kind == "same":
             parts.append(f"no significant difference for {where}")
+        elif kind == "untested":
+            parts.append(f"one sample, no significance can be claimed for {where}")
         else:
             pct = sorted(abs(r.ratio - 1) * 100 for r in rs)
             amount = f"{pct[0]:.0f}%" if round(pct[0]) == round(pct[-1]) else f"{pct[0]:.0f}–{pct[-1]:.0f}%"

@@ -53,6 +53,8 @@ def test_verdict_ranges_and_single_sample():
     assert verdict(rows, "pp", "A", "B") == (
         "PP: no significant difference for N_KV 0; B faster by 10–15% for N_KV 512–1024; "
         "no significant difference for N_KV 1536.")
+    mixed = rows[:2] + [Comparison(2048, Stat(100, None, 1), Stat(120, 1.0, 3), 1.2, None)]
+    assert verdict(mixed, "tg", "A", "B").endswith("one sample, no significance can be claimed for N_KV 2048.")
     single = compare([dict(n_kv=0, pp=512, tg=0, speed_pp=100.0)], [dict(n_kv=0, pp=512, tg=0, speed_pp=108.0)], "pp")
     assert single[0].p_value is None and single[0].ratio == pytest.approx(1.08)
     assert "no significance can be claimed" in verdict(single, "pp", "A", "B")
