@@ -25,8 +25,8 @@ from gguf import quants as gguf_quants
 from engine.errors import GGUFError
 from engine.quant import quantize_q8_0
 
-ARCHS = ("llama", "qwen2")
-_NEOX_ARCHS = {"qwen2"}
+ARCHS = ("llama", "qwen2", "qwen2moe", "deepseek2")  # MoE / MLA: engine.moe_model, engine.deepseek2
+_NEOX_ARCHS = {"qwen2", "qwen2moe"}
 _FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
 
 
@@ -106,7 +106,7 @@ class ModelConfig:
             n_head=n_head,
             n_head_kv=n_head_kv,
             head_dim=head_dim,
-            n_ff=int(get("feed_forward_length", required=True)),
+            n_ff=int(get("feed_forward_length") or get("expert_feed_forward_length", required=True)),
             rms_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
             rope_freq_base=float(get("rope.freq_base", 10000.0)),
             n_rot=int(get("rope.dimension_count", head_dim)),
@@ -188,6 +188,9 @@ def open_gguf(path: str | os.PathLike) -> GGUFReader:
         reader = GGUFReader(path, "r")
     except Exception as exc:  # the reader raises ValueError/IndexError/etc. on damage
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "cannot reshape array" in reason:
+            # the reader's mmap slice came back short: data past the end of the file
+            reason = "tensor data lies outside the file: truncated, or a tensor offset is wrong"
         raise GGUFError(f"{path}: damaged or truncated GGUF ({reason})") from None
     align_f = _field_value(reader, "general.alignment")
     alignment = int(align_f) if align_f else 32

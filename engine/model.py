@@ -39,8 +39,16 @@ class EngineOptions:
     flash_attn: bool = True
     n_threads: int = 0          # 0 = all CPUs numba may use
     n_threads_batch: int = 0
+    # MoE / DeepSeek-2 (engine.moe, engine.deepseek2); recorded but without effect on llama/qwen2:
+    fused_moe: bool = False     # -fmoe: fused expert up/gate/SwiGLU + down kernels
+    mla: int = 0                # -mla 0..3: MLA attention mode (engine.mla)
+    amb: int = 0                # -amb MiB: attention scratch cap per head group (0 = no cap)
 
     def validate(self) -> "EngineOptions":
+        if self.mla not in (0, 1, 2, 3):
+            raise EngineError(f"-mla: mode must be 0, 1, 2 or 3, got {self.mla}")
+        if self.amb < 0:
+            raise EngineError(f"-amb: must be >= 0 MiB, got {self.amb}")
         for flag, t in (("-ctk", self.type_k), ("-ctv", self.type_v)):
             if t not in KV_TYPES:
                 raise EngineError(f"{flag}: unknown cache type {t!r} (allowed: {', '.join(KV_TYPES)})")
@@ -167,13 +175,24 @@ class Model:
 
 def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16", type_v: str = "f16",
                flash_attn: bool = True, n_threads: int = 0, n_threads_batch: int = 0,
+               fused_moe: bool = False, mla: int = 0, amb: int = 0,
                log: Callable[[str], None] | None = None) -> Model:
-    """Load a GGUF model (llama / qwen2) with a KV cache of n_ctx positions."""
+    """Load a GGUF model with a KV cache of n_ctx positions.
+
+    llama / qwen2 run here; qwen2moe and llama-with-experts (mixtral) go to
+    engine.moe_model, deepseek2 to engine.deepseek2 (chosen by general.architecture).
+    """
     opts = EngineOptions(n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=flash_attn,
-                         n_threads=n_threads, n_threads_batch=n_threads_batch).validate()
+                         n_threads=n_threads, n_threads_batch=n_threads_batch,
+                         fused_moe=fused_moe, mla=mla, amb=amb).validate()
     t0 = time.perf_counter()
     path = str(path)
     reader = open_gguf(path)
+    from engine import deepseek2, moe_model  # these import this module
+    if deepseek2.is_deepseek2(reader):
+        return deepseek2.load_deepseek2(reader, path, opts, log=log, t0=t0)
+    if moe_model.is_moe_llama(reader):
+        return moe_model.load_moe_llama(reader, path, opts, log=log, t0=t0)
     cfg = ModelConfig.from_gguf(reader, path)
     weights = load_weights(reader, cfg, path, log=log)
     if cfg.n_vocab == 0:

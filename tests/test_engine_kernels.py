@@ -1,0 +1,129 @@
+"""Each numba kernel against its plain numpy reference (tests/reference.py)."""
+import math
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+import reference as ref
+from engine import _numba
+from engine.attention import attention
+from engine.kvcache import KVCache
+from engine.matmul import gemm_f32, gemm_q8_0
+from engine.ops import rmsnorm, rope_cache, rope_inplace, softmax, swiglu
+from engine.quant import quantize_q8_0
+
+SIMDS = ["scalar"] + (["avx2"] if _numba.SIMD == "avx2" else [])
+rng = np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("simd", SIMDS)
+@pytest.mark.parametrize("n_out,n_in,n_tok", [(67, 256, 5), (8, 32, 1), (130, 96, 2), (4, 64, 3)])
+def test_gemm_q8_0_against_float64(simd, n_out, n_in, n_tok):
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    x = rng.standard_normal((n_tok, n_in)).astype(np.float32)
+    wq, xq = quantize_q8_0(w), quantize_q8_0(x)
+    expect = (quants.dequantize(xq, T.Q8_0).astype(np.float64)
+              @ quants.dequantize(wq, T.Q8_0).astype(np.float64).T)
+    got = gemm_q8_0(wq, xq, simd=simd)
+    # int32 block sums are exact; only f32 scaling/accumulation differs
+    assert got.shape == (n_tok, n_out)
+    assert ref.rel_err(got, expect) < 2e-6
+
+
+def test_gemm_q8_0_avx2_equals_scalar_closely():
+    if "avx2" not in SIMDS:
+        pytest.skip("host has no AVX2: only the scalar path exists here")
+    wq = quantize_q8_0(rng.standard_normal((40, 512)).astype(np.float32))
+    xq = quantize_q8_0(rng.standard_normal((9, 512)).astype(np.float32))
+    assert ref.rel_err(gemm_q8_0(wq, xq, simd="avx2"), gemm_q8_0(wq, xq, simd="scalar")) < 1e-6
+
+
+def test_gemm_checks_inputs():
+    with pytest.raises(ValueError, match="row bytes"):
+        gemm_q8_0(np.zeros((4, 34), np.uint8), np.zeros((1, 68), np.uint8))
+
+
+def test_gemm_f32():
+    w = rng.standard_normal((33, 70)).astype(np.float32)
+    x = rng.standard_normal((3, 70)).astype(np.float32)
+    assert ref.rel_err(gemm_f32(w, x), x.astype(np.float64) @ w.T) < 1e-5
+
+
+def test_rmsnorm():
+    x = rng.standard_normal((5, 96)).astype(np.float32) * 3
+    w = rng.standard_normal(96).astype(np.float32)
+    assert ref.rel_err(rmsnorm(x, w, 1e-5), ref.rmsnorm(x, w, 1e-5)) < 1e-6
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("n_rot,freq_scale", [(64, 1.0), (32, 0.25)])
+def test_rope_norm_and_neox(neox, n_rot, freq_scale):
+    x = rng.standard_normal((6, 3, 64)).astype(np.float32)
+    pos = np.arange(100, 106)
+    cos, sin = rope_cache(pos, n_rot, 10000.0, freq_scale)
+    got = x.copy()
+    rope_inplace(got, cos, sin, n_rot, neox)
+    expect = ref.rope(x, pos.astype(np.float64), n_rot, 10000.0, neox, freq_scale)
+    assert ref.rel_err(got, expect) < 1e-5
+    assert np.array_equal(got[..., n_rot:], x[..., n_rot:])  # partial rotary leaves the rest
+
+
+def test_rope_yarn_ramp_limits():
+    # YaRN with ext_factor 1: the highest-frequency pairs extrapolate (unscaled theta),
+    # the lowest-frequency pairs interpolate (theta * freq_scale); mscale multiplies both.
+    pos = np.array([1000.0])
+    n_rot, base, fs = 64, 10000.0, 1 / 40
+    cos_y, sin_y = rope_cache(pos, n_rot, base, fs, ext_factor=1.0, n_ctx_orig=4096)
+    mscale = 1 + 0.1 * math.log(40)
+    theta0 = 1000.0  # pair 0: base**0
+    assert cos_y[0, 0] == pytest.approx(math.cos(theta0) * mscale, rel=1e-4)
+    last = 1000.0 * base ** (-2 * 31 / n_rot) * fs
+    assert cos_y[0, 31] == pytest.approx(math.cos(last) * mscale, rel=1e-4)
+    cos_l, _ = rope_cache(pos, n_rot, base, fs)  # linear scaling: everything interpolated
+    assert cos_l[0, 0] == pytest.approx(math.cos(1000.0 * fs), rel=1e-5)
+
+
+def test_swiglu_and_softmax():
+    g = rng.standard_normal((4, 64)).astype(np.float32) * 4
+    u = rng.standard_normal((4, 64)).astype(np.float32)
+    g64 = g.astype(np.float64)
+    assert ref.rel_err(swiglu(g, u), g64 / (1 + np.exp(-g64)) * u) < 1e-5
+    s = rng.standard_normal((3, 200)).astype(np.float32) * 10
+    assert ref.rel_err(softmax(s), ref.softmax(s.astype(np.float64))) < 1e-5
+
+
+# Tolerances: f32 cache ~1e-6; f16 rounds K/V to 11 bits (~5e-4); q8_0 quantizes K, V
+# and Q to 8 bits per 32-block (~1% of the largest output).
+_TOL = {"f32": 2e-6, "f16": 2e-3, "q8_0": 2.5e-2}
+
+
+@pytest.mark.parametrize("simd", SIMDS)
+@pytest.mark.parametrize("flash", [True, False])
+@pytest.mark.parametrize("tk,tv", [("f32", "f32"), ("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "f16"), ("f16", "q8_0")])
+@pytest.mark.parametrize("n_head,n_kv", [(4, 2), (2, 2)])
+def test_attention_against_exact_softmax(simd, flash, tk, tv, n_head, n_kv):
+    hd, n_ctx, filled, n_q = 64, 256, 150, 19
+    cache = KVCache(1, n_ctx, n_kv, hd, hd, tk, tv)
+    K = rng.standard_normal((filled + n_q, n_kv, hd)).astype(np.float32)
+    V = rng.standard_normal((filled + n_q, n_kv, hd)).astype(np.float32)
+    cache.store(0, 0, K.reshape(len(K), -1), V.reshape(len(V), -1))
+    cache.commit(0, len(K))
+    q = rng.standard_normal((n_q, n_head, hd)).astype(np.float32)
+    got = attention(q, cache, 0, filled, flash=flash, simd=simd)
+    expect = ref.attention(q.astype(np.float64), K.astype(np.float64), V.astype(np.float64), filled)
+    tol = max(_TOL[tk], _TOL[tv])
+    assert ref.rel_err(got, expect) < tol
+
+
+def test_flash_and_plain_agree_at_long_context():
+    hd, n = 64, 700   # > 10 flash chunks
+    cache = KVCache(1, 1024, 1, hd, hd, "f32", "f32")
+    K = rng.standard_normal((n, hd)).astype(np.float32)
+    cache.store(0, 0, K, K[::-1].copy())
+    cache.commit(0, n)
+    q = rng.standard_normal((1, 2, hd)).astype(np.float32) * 3
+    a = attention(q, cache, 0, n - 1, flash=True)
+    b = attention(q, cache, 0, n - 1, flash=False)
+    assert ref.rel_err(a, b) < 1e-5
