@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1000)
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--store", help="store file (default: a fresh temporary one)")
+    ap.add_argument("--no-report", action="store_true", help="skip timing a report of the per-point run")
     a = ap.parse_args(argv)
     stream = prerecorded(a.rows)
     total = a.workers * len(stream)
@@ -96,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"wall {wall:.2f} s")
         with Store.open(path) as store:
             print(f"stored points: {store.count_points()} (file {path.stat().st_size / 2**20:.1f} MiB)")
+            if not a.no_report:
+                from orchestrator.report import write_report
+
+                t0 = time.perf_counter()
+                html = write_report(store, [1], Path(tmp) / "report")
+                print(f"report of run 1 ({total} points, {a.workers} series): {time.perf_counter() - t0:.1f} s, "
+                      f"report.md {(html.parent / 'report.md').stat().st_size / 2**20:.1f} MiB, "
+                      f"report.html {html.stat().st_size / 2**20:.1f} MiB")
     return 0
 
 

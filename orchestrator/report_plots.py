@@ -18,9 +18,15 @@ def _pyplot():
     return plt
 
 
+MAX_LEGEND = 24  # beyond this a legend hides the plot; the tables name every series
+
+
 def _finish(fig, ax, path: Path, n_lines: int) -> Path:
     ax.grid(True, alpha=0.3)
-    if n_lines:
+    if n_lines > MAX_LEGEND:
+        ax.text(0.99, 0.99, f"{n_lines} lines; legend omitted (see the tables)", transform=ax.transAxes,
+                ha="right", va="top", fontsize=8, color="#555")
+    elif n_lines:
         # Many series: legend below the axes so it never hides the lines.
         longest = max((len(label) for label in ax.get_legend_handles_labels()[1]), default=0)
         if n_lines > 6 or longest > 45:
@@ -39,7 +45,8 @@ def speed_plot(series: list[Series], phase: str, out_dir: Path) -> Path | None:
     if not drawn:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 5.5 if len(drawn) <= 6 else 7))
+    fig, ax = plt.subplots(figsize=(9, 5.5 if len(drawn) <= 6 or len(drawn) > MAX_LEGEND else 7))
+    thin = len(drawn) > MAX_LEGEND
     for s in drawn:
         stats = s.speed(phase)
         xs = list(stats)
@@ -47,6 +54,9 @@ def speed_plot(series: list[Series], phase: str, out_dir: Path) -> Path | None:
         errs = [stats[x].sd or 0.0 for x in xs]
         size = s.size(phase)
         suffix = f" ({phase}{size})" if size and len(drawn) > 1 and len({d.size(phase) for d in drawn}) > 1 else ""
+        if thin:  # hundreds of series: plain thin lines, no markers or error bars
+            ax.plot(xs, ys, linewidth=0.6, alpha=0.6)
+            continue
         ax.errorbar(xs, ys, yerr=errs if any(errs) else None, marker="o", markersize=3, linewidth=1.4,
                     capsize=2.5, label=s.label + suffix)
     ax.set_xlabel("N_KV (tokens already in the KV cache)")

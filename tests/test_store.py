@@ -176,3 +176,26 @@ def test_sigkill_while_writing_keeps_every_committed_point(tmp_path):
     # Every point reported committed is there, in order; at most one more (killed before its print).
     assert n_kv[: last + 1] == list(range(last + 1))
     assert len(n_kv) in (last + 1, last + 2)
+
+
+_PARALLEL_WRITER = textwrap.dedent("""
+    import sys
+    from orchestrator.store import Store, Point
+    with Store.open(sys.argv[1]) as store:
+        run = store.create_run(settings={"writer": sys.argv[2]})
+        for i in range(150):
+            store.add_point(run, Point(n_kv=i, pp=512, tg=128, t_pp=1.0, speed_pp=512.0, t_tg=2.0, speed_tg=64.0))
+""")
+
+
+def test_two_writer_processes_share_one_store(tmp_path):
+    db = tmp_path / "shared.db"
+    Store.open(db).close()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", _PARALLEL_WRITER, str(db), name], cwd=ROOT, env=env,
+                              stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err  # busy_timeout: writers wait for each other, never "database is locked"
+    with Store.open(db) as s:
+        assert [r["n_points"] for r in s.runs()] == [150, 150]
