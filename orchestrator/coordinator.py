@@ -183,6 +183,9 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
     for t in threads:
         t.start()
     by_job = {j.index: (host, hid, slot) for host, hid, slot, js in todo for j in js}
+    # Per job, computed once: a row's hot path is one Point and one INSERT.
+    settings_of = {j.index: j.point_settings() for _, _, _, js in todo for j in js}
+    key_of = {j.index: job_key(hid, j) for _, hid, _, js in todo for j in js}
     stored, running, problems = 0, len(threads), {}
     t0 = time.monotonic()
     while running:
@@ -192,12 +195,12 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
         elif kind == "row":
             host, host_id, slot = by_job[job.index]
             point = Point.from_sweep_row(
-                payload["row"], settings=job.point_settings(), host_id=host_id, slot=slot.name,
+                payload["row"], settings=settings_of[job.index], host_id=host_id, slot=slot.name,
                 placement=slot.placement, verified_cpus=payload["verified_cpus"],
                 verified_mems=payload["verified_mems"], noise=payload["noise"], simulated=host.simulated)
             if store.add_point(run_id, point):
                 stored += 1
-                done.setdefault(job_key(host_id, job), set()).add((point.rep, point.n_kv))
+                done.setdefault(key_of[job.index], set()).add((point.rep, point.n_kv))
                 say(f"[{stored}/{expected}] {host.profile.name}/{slot.name} job {job.index} "
                     f"n_kv={point.n_kv} rep={point.rep} S_PP={point.speed_pp:.2f} S_TG={point.speed_tg:.2f} t/s "
                     f"noise={point.noise:.0%}")

@@ -23,7 +23,7 @@ from orchestrator.placement import POLICIES as PLACEMENT_POLICIES
 
 CACHE_TYPES = ("f32", "f16", "q8_0")
 K_REPACK = ("auto", "on", "off")
-SHAPES = ("tiny", "small", "moe", "deepseek2")
+SHAPES = ("micro", "tiny", "small")  # engine.synth.SHAPES (not imported: it pulls in numba)
 POLICIES = PLACEMENT_POLICIES + tuple(ALIASES)
 BACKENDS = ("builtin", "external", "replay")
 DEFAULT_STORE = "numasweep-results/numasweep.db"
