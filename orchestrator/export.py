@@ -50,7 +50,9 @@ def _markdown(rows: list[dict]) -> str:
     head = ("run", "label", "host", "slot", "rep", "PP", "TG", "N_KV", "T_PP s", "S_PP t/s", "T_TG s", "S_TG t/s")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * 8) + "|"]
     for r in rows:
+        pp, tg = r["pp"] > 0, r["tg"] > 0  # a llama-bench test measures one phase: show the other as absent
         cells = (r["run_id"], r["label"] or "", r["host"] or "", r["slot"] or "", r["rep"], r["pp"], r["tg"],
-                 r["n_kv"], f"{r['t_pp']:.3f}", f"{r['speed_pp']:.2f}", f"{r['t_tg']:.3f}", f"{r['speed_tg']:.2f}")
+                 r["n_kv"], f"{r['t_pp']:.3f}" if pp else "—", f"{r['speed_pp']:.2f}" if pp else "—",
+                 f"{r['t_tg']:.3f}" if tg else "—", f"{r['speed_tg']:.2f}" if tg else "—")
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -65,7 +65,6 @@ def speed_plot(series: list[Series], phase: str, out_dir: Path) -> Path | None:
     note = f"error bars: ±1 sd over repetitions (up to {reps})" if reps > 1 else "single repetition: no error bars"
     ax.set_title(f"{PHASE_TITLES[phase]} speed vs context depth\n{note}", fontsize=11)
     ax.set_ylim(bottom=0)
-    ax.set_xlim(left=0)
     return _finish(fig, ax, out_dir / PLOT_NAMES[phase], len(drawn))
 
 
