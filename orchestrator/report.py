@@ -44,6 +44,12 @@ def write_report(store: Store, run_ids=None, out_dir="numasweep-report", baselin
 
     blocks: list = [H(1, "numasweep report"),
                     P(f"Store {store.path}; runs {', '.join(map(str, ids))}; {len(points)} points in {len(series)} series.")]
+    simulated = {s.simulated for s in series}
+    if simulated == {True, False}:
+        blocks.append(P("Warning: these runs mix rows from simulated hosts (labelled '(simulated)', pinned onto "
+                        "this machine's CPUs) with real ones; pooled tables below include both."))
+    elif simulated == {True}:
+        blocks.append(P("All rows come from simulated hosts: their speeds are this machine's, not the profiled hosts'."))
     blocks += _plots(series, out)
     blocks += _ab_section(series, runs, baseline, compare)
     blocks += _versus_sections(series, by)

@@ -83,6 +83,7 @@ def test_report_auto_ab_on_one_run_with_two_settings(store, tmp_path):
     assert re.search(r"\| 0 \| (9\.9|10\.0)\d ± 0\.\d\d \| (29|30)\.\d \| 5% \|", md)
     assert "SNC off" in md and "xeon-6980p" in md
     assert "| 512 | 128 | 0 |" in md  # sweep table rows
+    assert "simulated" not in md.split("## Plots")[0]
 
 
 def test_report_two_imported_runs_single_samples(store, tmp_path):
@@ -104,6 +105,10 @@ def test_report_selectors_and_errors(store, tmp_path):
     md = (write_report(store, None, tmp_path / "o", baseline="k_repack=on", compare="k_repack=off", by="setting")
           .parent / "report.md").read_text()
     assert "## A/B: k_repack=off vs k_repack=on" in md and "B slower" in md and "Host vs host" not in md
+    sim = store.create_run(settings={}, label="sim")
+    store.add_point(sim, Point(n_kv=0, pp=512, tg=128, t_pp=1.0, speed_pp=512.0, t_tg=2.0, speed_tg=64.0, simulated=True))
+    md = (write_report(store, None, tmp_path / "o2").parent / "report.md").read_text()
+    assert "Warning: these runs mix rows from simulated hosts" in md and "sim (simulated)" in md
     with pytest.raises(ReportError, match="no run 99"):
         write_report(store, [99], tmp_path / "x")
     with pytest.raises(ReportError, match="matches no series"):
