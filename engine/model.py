@@ -22,7 +22,8 @@ from engine.errors import EngineError
 from engine.gguf_model import ModelConfig, Weight, Weights, load_weights, open_gguf
 from engine.kvcache import KV_TYPES, KVCache
 from engine.matmul import gemm_f32, gemm_q8_0
-from engine.ops import rmsnorm, rope_cache, rope_inplace, swiglu
+from engine.q8_0_r8 import K_REPACK_MODES, RepackReport, RepackScratch, gemm_q8_0_r8, repack_weights
+from engine.ops import rmsnorm_q8_0, rope_cache, rope_inplace, swiglu_q8_0
 from engine.quant import dequantize_q8_0, quantize_q8_0
 
 
@@ -43,10 +44,16 @@ class EngineOptions:
     fused_moe: bool = False     # -fmoe: fused expert up/gate/SwiGLU + down kernels
     mla: int = 0                # -mla 0..3: MLA attention mode (engine.mla)
     amb: int = 0                # -amb MiB: attention scratch cap per head group (0 = no cap)
+    # engine.q8_0_r8: flash attention reads a q8_0 K as Q8_0_R8 for PP (auto = ik's rule);
+    # -rtr repacks the Q8_0 weight matrices (not token_embd) to Q8_0_R8 at load.
+    k_repack: str = "auto"      # --k-repack auto|on|off
+    rtr: bool = False           # -rtr
 
     def validate(self) -> "EngineOptions":
         if self.mla not in (0, 1, 2, 3):
             raise EngineError(f"-mla: mode must be 0, 1, 2 or 3, got {self.mla}")
+        if self.k_repack not in K_REPACK_MODES:
+            raise EngineError(f"--k-repack: unknown mode {self.k_repack!r} (allowed: {', '.join(K_REPACK_MODES)})")
         if self.amb < 0:
             raise EngineError(f"-amb: must be >= 0 MiB, got {self.amb}")
         for flag, t in (("-ctk", self.type_k), ("-ctv", self.type_v)):
@@ -64,6 +71,8 @@ class EngineOptions:
 def _matmul(w: Weight, x: np.ndarray, xq: np.ndarray | None) -> np.ndarray:
     if w.kind == "q8_0":
         return gemm_q8_0(w.data, xq)
+    if w.kind == "q8_0_r8":
+        return gemm_q8_0_r8(w.data, xq)
     return gemm_f32(w.data, x)
 
 
@@ -89,6 +98,8 @@ class Model:
         self.n_threads = options.n_threads or _numba.max_threads()
         self.n_threads_batch = options.n_threads_batch or self.n_threads
         self._yarn = c.rope_scaling == "yarn"
+        self.repack_scratch = RepackScratch()       # grow-only K-repack scratch (run state)
+        self.rtr_report: RepackReport | None = None  # set by load_model with -rtr
 
     # -- facts for headers and reports -------------------------------------------------
     @property
@@ -107,6 +118,16 @@ class Model:
     @property
     def weight_bytes_per_token(self) -> int:
         return self.weights.matmul_bytes_per_token
+
+    @property
+    def repack_scratch_mib(self) -> float:
+        """K-repack scratch the last batch needed (0 for TG or without repack), MiB."""
+        return self.repack_scratch.last_bytes / 2**20
+
+    @property
+    def repack_scratch_hwm_mib(self) -> float:
+        """K-repack scratch allocated so far (grow-only high-water mark), MiB."""
+        return self.repack_scratch.hwm_bytes / 2**20
 
     # -- KV cache --------------------------------------------------------------------
     @property
@@ -135,13 +156,13 @@ class Model:
         if pos + n > self.cache.n_ctx:
             raise EngineError(f"eval: positions up to {pos + n} exceed n_ctx {self.cache.n_ctx}")
         _numba.set_threads(self.n_threads if n == 1 else self.n_threads_batch)
+        self.repack_scratch.reset()
         positions = np.arange(pos, pos + n)
         cos, sin = rope_cache(positions, c.n_rot, c.rope_freq_base, c.rope_freq_scale,
                               1.0 if self._yarn else 0.0, 1.0, c.rope_n_ctx_orig)
         x = _embed(self.weights.token_embd, tokens)                      # (n, n_embd) f32
         for li, L in enumerate(self.weights.layers):
-            h = rmsnorm(x, L.attn_norm, c.rms_eps)
-            hq = quantize_q8_0(h)
+            h, hq = rmsnorm_q8_0(x, L.attn_norm, c.rms_eps)
             q = _matmul(L.wq, h, hq)                                     # (n, n_head*hd)
             k = _matmul(L.wk, h, hq)                                     # (n, n_kv*hd)
             v = _matmul(L.wv, h, hq)
@@ -156,26 +177,26 @@ class Model:
             rope_inplace(q3, cos, sin, c.n_rot, c.rope_neox)
             rope_inplace(k3, cos, sin, c.n_rot, c.rope_neox)
             self.cache.store(li, pos, k, v)
-            a = attention(q3, self.cache, li, pos, flash=self.options.flash_attn)
+            a = attention(q3, self.cache, li, pos, flash=self.options.flash_attn,
+                          k_repack=self.options.k_repack, scratch=self.repack_scratch)
             a2 = a.reshape(n, c.n_head * c.head_dim)
-            x += _matmul(L.wo, a2, quantize_q8_0(a2) if L.wo.kind == "q8_0" else None)
-            h = rmsnorm(x, L.ffn_norm, c.rms_eps)
-            hq = quantize_q8_0(h)
+            x += _matmul(L.wo, a2, quantize_q8_0(a2) if L.wo.kind != "f32" else None)
+            h, hq = rmsnorm_q8_0(x, L.ffn_norm, c.rms_eps)
             g = _matmul(L.w_gate, h, hq)
             u = _matmul(L.w_up, h, hq)
-            s = swiglu(g, u)
-            x += _matmul(L.w_down, s, quantize_q8_0(s) if L.w_down.kind == "q8_0" else None)
+            s, sq = swiglu_q8_0(g, u)
+            x += _matmul(L.w_down, s, sq)
         self.cache.commit(pos, n)
         if not all_logits:
             x = x[-1:]
-        h = rmsnorm(np.ascontiguousarray(x), self.weights.output_norm, c.rms_eps)
-        out = self.weights.output
-        return _matmul(out, h, quantize_q8_0(h) if out.kind == "q8_0" else None)
+        h, hq = rmsnorm_q8_0(np.ascontiguousarray(x), self.weights.output_norm, c.rms_eps)
+        return _matmul(self.weights.output, h, hq)
 
 
 def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16", type_v: str = "f16",
                flash_attn: bool = True, n_threads: int = 0, n_threads_batch: int = 0,
                fused_moe: bool = False, mla: int = 0, amb: int = 0,
+               k_repack: str = "auto", rtr: bool = False,
                log: Callable[[str], None] | None = None) -> Model:
     """Load a GGUF model with a KV cache of n_ctx positions.
 
@@ -184,7 +205,8 @@ def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16
     """
     opts = EngineOptions(n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=flash_attn,
                          n_threads=n_threads, n_threads_batch=n_threads_batch,
-                         fused_moe=fused_moe, mla=mla, amb=amb).validate()
+                         fused_moe=fused_moe, mla=mla, amb=amb,
+                         k_repack=k_repack, rtr=rtr).validate()
     t0 = time.perf_counter()
     path = str(path)
     reader = open_gguf(path)
@@ -195,9 +217,16 @@ def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16
         return moe_model.load_moe_llama(reader, path, opts, log=log, t0=t0)
     cfg = ModelConfig.from_gguf(reader, path)
     weights = load_weights(reader, cfg, path, log=log)
+    rtr_report = None
+    if opts.rtr:
+        weights, rtr_report = repack_weights(weights)
+        if log:
+            log(rtr_report.line())
     if cfg.n_vocab == 0:
         cfg = ModelConfig(**{**cfg.__dict__, "n_vocab": weights.token_embd.n_out})
-    return Model(path, cfg, weights, opts, time.perf_counter() - t0)
+    model = Model(path, cfg, weights, opts, time.perf_counter() - t0)
+    model.rtr_report = rtr_report
+    return model
 
 
 def stderr_log(msg: str) -> None:

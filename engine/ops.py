@@ -11,21 +11,57 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from engine._numba import FAST_PARALLEL, PARALLEL
+from engine._numba import FAST, FAST_PARALLEL, NJIT, PARALLEL
+from engine.quant import _quantize_row_q8_0
+
+
+# Below this many elements a kernel runs serially: a parallel launch costs tens of
+# microseconds (milliseconds when another process holds the other core), far more than
+# a TG-sized row takes, and TG makes ~20 such calls per layer.
+SERIAL_ELEMENTS = 65536
+
+
+@njit(inline="always", **NJIT)
+def _rmsnorm_row(x, w, eps, out, t):
+    # x: (n, d) f32; w: (d,) f32; out: (n, d) f32. Sum of squares in f64 like ggml.
+    d = x.shape[1]
+    ss = 0.0
+    for i in range(d):
+        v = np.float64(x[t, i])
+        ss += v * v
+    scale = np.float32(1.0 / math.sqrt(ss / d + eps))
+    for i in range(d):
+        out[t, i] = x[t, i] * scale * w[i]
 
 
 @njit(**PARALLEL)
-def _rmsnorm(x, w, eps, out):
-    # x: (n, d) f32; w: (d,) f32; out: (n, d) f32. Sum of squares in f64 like ggml.
-    n, d = x.shape
-    for t in prange(n):
-        ss = 0.0
-        for i in range(d):
-            v = np.float64(x[t, i])
-            ss += v * v
-        scale = np.float32(1.0 / math.sqrt(ss / d + eps))
-        for i in range(d):
-            out[t, i] = x[t, i] * scale * w[i]
+def _rmsnorm_par(x, w, eps, out):
+    for t in prange(x.shape[0]):
+        _rmsnorm_row(x, w, eps, out, t)
+
+
+@njit(**NJIT)
+def _rmsnorm_ser(x, w, eps, out):
+    for t in range(x.shape[0]):
+        _rmsnorm_row(x, w, eps, out, t)
+
+
+@njit(**PARALLEL)
+def _rmsnorm_q8_par(x, w, eps, out, outq):
+    for t in prange(x.shape[0]):
+        _rmsnorm_row(x, w, eps, out, t)
+        _quantize_row_q8_0(out[t], outq[t], 0)
+
+
+@njit(**NJIT)
+def _rmsnorm_q8_ser(x, w, eps, out, outq):
+    for t in range(x.shape[0]):
+        _rmsnorm_row(x, w, eps, out, t)
+        _quantize_row_q8_0(out[t], outq[t], 0)
+
+
+def _serial(a: np.ndarray) -> bool:
+    return a.size < SERIAL_ELEMENTS
 
 
 def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
@@ -34,8 +70,18 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = N
         raise ValueError(f"rmsnorm: x {x.shape} and weight {w.shape} do not match")
     if out is None:
         out = np.empty_like(x)
-    _rmsnorm(x, w, float(eps), out)
+    (_rmsnorm_ser if _serial(x) else _rmsnorm_par)(x, w, float(eps), out)
     return out
+
+
+def rmsnorm_q8_0(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """RMSNorm and its Q8_0 quantization in one pass: ((n, d) f32, (n, d/32*34) u8)."""
+    if x.ndim != 2 or w.shape != (x.shape[1],) or x.shape[1] % 32:
+        raise ValueError(f"rmsnorm_q8_0: x {x.shape} and weight {w.shape} do not match or d % 32 != 0")
+    out = np.empty_like(x)
+    outq = np.empty((x.shape[0], x.shape[1] // 32 * 34), dtype=np.uint8)
+    (_rmsnorm_q8_ser if _serial(x) else _rmsnorm_q8_par)(x, w, float(eps), out, outq)
+    return out, outq
 
 
 def rope_cache(positions: np.ndarray, n_rot: int, freq_base: float, freq_scale: float = 1.0,
@@ -68,26 +114,36 @@ def rope_cache(positions: np.ndarray, n_rot: int, freq_base: float, freq_scale: 
             (np.sin(theta) * mscale).astype(np.float32))
 
 
-@njit(**PARALLEL)
-def _rope(x, cos, sin, n_rot, neox):
+@njit(inline="always", **NJIT)
+def _rope_row(x, cos, sin, n_rot, neox, t):
     # x: (n, n_head, hd) f32 rotated in place; cos/sin: (n, n_rot/2) f32
-    n, n_head, hd = x.shape
     half = n_rot // 2
-    for t in prange(n):
-        for h in range(n_head):
-            for i in range(half):
-                c = cos[t, i]
-                s = sin[t, i]
-                if neox:
-                    a = x[t, h, i]
-                    b = x[t, h, i + half]
-                    x[t, h, i] = a * c - b * s
-                    x[t, h, i + half] = a * s + b * c
-                else:
-                    a = x[t, h, 2 * i]
-                    b = x[t, h, 2 * i + 1]
-                    x[t, h, 2 * i] = a * c - b * s
-                    x[t, h, 2 * i + 1] = a * s + b * c
+    for h in range(x.shape[1]):
+        for i in range(half):
+            c = cos[t, i]
+            s = sin[t, i]
+            if neox:
+                a = x[t, h, i]
+                b = x[t, h, i + half]
+                x[t, h, i] = a * c - b * s
+                x[t, h, i + half] = a * s + b * c
+            else:
+                a = x[t, h, 2 * i]
+                b = x[t, h, 2 * i + 1]
+                x[t, h, 2 * i] = a * c - b * s
+                x[t, h, 2 * i + 1] = a * s + b * c
+
+
+@njit(**PARALLEL)
+def _rope_par(x, cos, sin, n_rot, neox):
+    for t in prange(x.shape[0]):
+        _rope_row(x, cos, sin, n_rot, neox, t)
+
+
+@njit(**NJIT)
+def _rope_ser(x, cos, sin, n_rot, neox):
+    for t in range(x.shape[0]):
+        _rope_row(x, cos, sin, n_rot, neox, t)
 
 
 def rope_inplace(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_rot: int, neox: bool) -> None:
@@ -96,26 +152,44 @@ def rope_inplace(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_rot: int, ne
         raise ValueError(f"rope: x {x.shape}, cos {cos.shape} do not match n_rot {n_rot}")
     if n_rot > x.shape[2] or n_rot % 2:
         raise ValueError(f"rope: n_rot {n_rot} invalid for head size {x.shape[2]}")
-    _rope(x, cos, sin, n_rot, bool(neox))
+    (_rope_ser if _serial(x) else _rope_par)(x, cos, sin, n_rot, bool(neox))
+
+
+@njit(inline="always", **FAST)
+def _swiglu_row(g, u, out, t):
+    # g, u, out: (n, f) f32; out = silu(g) * u
+    for i in range(g.shape[1]):
+        v = g[t, i]
+        out[t, i] = v / (np.float32(1.0) + np.exp(-v)) * u[t, i]
 
 
 @njit(**FAST_PARALLEL)
-def _swiglu(g, u, out):
-    # g, u, out: (n, f) f32; out = silu(g) * u
-    n, f = g.shape
-    for t in prange(n):
-        for i in range(f):
-            v = g[t, i]
-            out[t, i] = v / (np.float32(1.0) + np.exp(-v)) * u[t, i]
+def _swiglu_q8_par(g, u, out, outq):
+    for t in prange(g.shape[0]):
+        _swiglu_row(g, u, out, t)
+        _quantize_row_q8_0(out[t], outq[t], 0)
 
 
-def swiglu(g: np.ndarray, u: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    if g.shape != u.shape or g.ndim != 2:
-        raise ValueError(f"swiglu: gate {g.shape} and up {u.shape} differ")
-    if out is None:
-        out = np.empty_like(g)
-    _swiglu(g, u, out)
-    return out
+@njit(**FAST)
+def _swiglu_q8_ser(g, u, out, outq):
+    for t in range(g.shape[0]):
+        _swiglu_row(g, u, out, t)
+        _quantize_row_q8_0(out[t], outq[t], 0)
+
+
+def swiglu_q8_0(g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """silu(g) * u and its Q8_0 quantization in one pass."""
+    if g.shape != u.shape or g.ndim != 2 or g.shape[1] % 32:
+        raise ValueError(f"swiglu: gate {g.shape} and up {u.shape} differ or width % 32 != 0")
+    out = np.empty_like(g)
+    outq = np.empty((g.shape[0], g.shape[1] // 32 * 34), dtype=np.uint8)
+    (_swiglu_q8_ser if _serial(g) else _swiglu_q8_par)(g, u, out, outq)
+    return out, outq
+
+
+def swiglu(g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """silu(g) * u."""
+    return swiglu_q8_0(g, u)[0]
 
 
 @njit(**PARALLEL)

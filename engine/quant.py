@@ -111,6 +111,13 @@ def _quantize_rows_q8_0(x, out):
         _quantize_row_q8_0(x[r], out[r], 0)
 
 
+@njit(**NJIT)
+def _quantize_rows_q8_0_serial(x, out):
+    # small batches (TG): a parallel launch would cost more than the work
+    for r in range(x.shape[0]):
+        _quantize_row_q8_0(x[r], out[r], 0)
+
+
 @njit(**PARALLEL)
 def _dequantize_rows_q8_0(q, out):
     # q: (n_rows, nb*34) u8; out: (n_rows, nb*32) f32
@@ -160,7 +167,7 @@ def quantize_q8_0(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty(shape, dtype=np.uint8)
     elif out.shape != shape or out.dtype != np.uint8:
         raise ValueError(f"out: expected uint8 {shape}, got {out.dtype} {out.shape}")
-    _quantize_rows_q8_0(x, out)
+    (_quantize_rows_q8_0_serial if x.size < 65536 else _quantize_rows_q8_0)(x, out)
     return out
 
 

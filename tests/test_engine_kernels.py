@@ -11,7 +11,7 @@ from engine import _numba
 from engine.attention import attention
 from engine.kvcache import KVCache
 from engine.matmul import gemm_f32, gemm_q8_0
-from engine.ops import rmsnorm, rope_cache, rope_inplace, softmax, swiglu
+from engine.ops import rmsnorm, rmsnorm_q8_0, rope_cache, rope_inplace, softmax, swiglu, swiglu_q8_0
 from engine.quant import quantize_q8_0
 
 SIMDS = ["scalar"] + (["avx2"] if _numba.SIMD == "avx2" else [])
@@ -51,17 +51,23 @@ def test_gemm_f32():
     assert ref.rel_err(gemm_f32(w, x), x.astype(np.float64) @ w.T) < 1e-5
 
 
-def test_rmsnorm():
-    x = rng.standard_normal((5, 96)).astype(np.float32) * 3
-    w = rng.standard_normal(96).astype(np.float32)
+# sizes on both sides of ops.SERIAL_ELEMENTS: the serial and the prange kernels
+@pytest.mark.parametrize("n", [5, 700])
+def test_rmsnorm_and_fused_quantize(n):
+    x = rng.standard_normal((n, 128)).astype(np.float32) * 3
+    w = rng.standard_normal(128).astype(np.float32)
     assert ref.rel_err(rmsnorm(x, w, 1e-5), ref.rmsnorm(x, w, 1e-5)) < 1e-6
+    h, hq = rmsnorm_q8_0(x, w, 1e-5)
+    assert np.array_equal(h, rmsnorm(x, w, 1e-5))
+    assert np.array_equal(hq, quants.quantize(h, T.Q8_0))
 
 
+@pytest.mark.parametrize("n", [6, 400])
 @pytest.mark.parametrize("neox", [False, True])
 @pytest.mark.parametrize("n_rot,freq_scale", [(64, 1.0), (32, 0.25)])
-def test_rope_norm_and_neox(neox, n_rot, freq_scale):
-    x = rng.standard_normal((6, 3, 64)).astype(np.float32)
-    pos = np.arange(100, 106)
+def test_rope_norm_and_neox(n, neox, n_rot, freq_scale):
+    x = rng.standard_normal((n, 3, 64)).astype(np.float32)
+    pos = np.arange(100, 100 + n)
     cos, sin = rope_cache(pos, n_rot, 10000.0, freq_scale)
     got = x.copy()
     rope_inplace(got, cos, sin, n_rot, neox)
@@ -85,11 +91,14 @@ def test_rope_yarn_ramp_limits():
     assert cos_l[0, 0] == pytest.approx(math.cos(1000.0 * fs), rel=1e-5)
 
 
-def test_swiglu_and_softmax():
-    g = rng.standard_normal((4, 64)).astype(np.float32) * 4
-    u = rng.standard_normal((4, 64)).astype(np.float32)
+@pytest.mark.parametrize("n", [4, 1100])
+def test_swiglu_and_softmax(n):
+    g = rng.standard_normal((n, 64)).astype(np.float32) * 4
+    u = rng.standard_normal((n, 64)).astype(np.float32)
     g64 = g.astype(np.float64)
     assert ref.rel_err(swiglu(g, u), g64 / (1 + np.exp(-g64)) * u) < 1e-5
+    s_, sq = swiglu_q8_0(g, u)
+    assert np.array_equal(sq, quants.quantize(s_, T.Q8_0))
     s = rng.standard_normal((3, 200)).astype(np.float32) * 10
     assert ref.rel_err(softmax(s), ref.softmax(s.astype(np.float64))) < 1e-5
 
@@ -127,3 +136,28 @@ def test_flash_and_plain_agree_at_long_context():
     a = attention(q, cache, 0, n - 1, flash=True)
     b = attention(q, cache, 0, n - 1, flash=False)
     assert ref.rel_err(a, b) < 1e-5
+
+
+def test_avx2_tile_emits_int8_dot_instructions(tmp_path):
+    """The intrinsic path must really vectorize: look for the instructions in the asm."""
+    if "avx2" not in SIMDS:
+        pytest.skip("host has no AVX2: only the scalar path exists here")
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from numba import njit\n"
+        "from engine._simd import q8_tile_4x2\n"
+        "@njit\n"
+        "def f(out, w, x, nb):\n"
+        "    q8_tile_4x2(out, 0, 4, w, 0, nb * 34, x, 0, nb * 34, nb)\n"
+        "f(np.zeros(8, np.float32), np.zeros(4 * 34 * 2, np.uint8), np.zeros(2 * 34 * 2, np.uint8), 2)\n"
+        "print(f.inspect_asm(f.signatures[0]))\n"
+    )
+    env = dict(__import__("os").environ, NUMBA_CACHE_DIR=str(tmp_path))  # cached code shows no asm
+    asm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120).stdout
+    for insn in ("vpsignb", "vpmaddubsw", "vpmaddwd", "vfmadd"):
+        assert insn in asm, insn
+    assert "vpinsrw" not in asm  # the false-dependency scale load must stay gone

@@ -19,8 +19,9 @@ def _edge_rows():
     return x
 
 
-def test_quantize_q8_0_bit_exact_with_gguf():
-    x = _edge_rows()
+@pytest.mark.parametrize("reps", [1, 8])  # 48 rows serial, 384 rows through prange
+def test_quantize_q8_0_bit_exact_with_gguf(reps):
+    x = np.tile(_edge_rows(), (reps, 1))
     ours = quantize_q8_0(x)
     ref = quants.quantize(x, T.Q8_0)
     assert ours.shape == ref.shape
