@@ -47,13 +47,14 @@ def speed_plot(series: list[Series], phase: str, out_dir: Path) -> Path | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5 if len(drawn) <= 6 or len(drawn) > MAX_LEGEND else 7))
     thin = len(drawn) > MAX_LEGEND
+    sizes_differ = len({d.size(phase) for d in drawn}) > 1
     for s in drawn:
         stats = s.speed(phase)
         xs = list(stats)
         ys = [stats[x].mean for x in xs]
         errs = [stats[x].sd or 0.0 for x in xs]
         size = s.size(phase)
-        suffix = f" ({phase}{size})" if size and len(drawn) > 1 and len({d.size(phase) for d in drawn}) > 1 else ""
+        suffix = f" ({phase}{size})" if size and sizes_differ else ""
         if thin:  # hundreds of series: plain thin lines, no markers or error bars
             ax.plot(xs, ys, linewidth=0.6, alpha=0.6)
             continue
