@@ -199,3 +199,13 @@ def test_two_writer_processes_share_one_store(tmp_path):
         assert p.returncode == 0, err  # busy_timeout: writers wait for each other, never "database is locked"
     with Store.open(db) as s:
         assert [r["n_points"] for r in s.runs()] == [150, 150]
+
+
+def test_store_import_report_modules_load_neither_ray_nor_numba():
+    code = ("import sys; import orchestrator.store, orchestrator.importers, orchestrator.importers.ingest, "
+            "orchestrator.report, orchestrator.export, orchestrator.cli_store; "
+            "print(sorted(m for m in ('ray', 'numba', 'engine') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
