@@ -142,3 +142,6 @@ def test_import_is_one_transaction_and_idempotent(store, tmp_path):
         import_files(store, [FIX / "llama-bench-cpu.json", bad])
     assert len(store.runs()) == 1 and store.count_points() == 64
     assert import_file(store, FIX / "llama-bench-cpu.json").n_points == 12
+    # The same file named twice in one command is imported once.
+    twice = import_files(store, [FIX / "llama-bench-cpu.csv", FIX / "llama-bench-cpu.csv"])
+    assert [r.duplicate for r in twice] == [False, True] and twice[0].run_id == twice[1].run_id
