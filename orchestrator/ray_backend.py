@@ -24,24 +24,27 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+# Read by Ray when it is imported: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 Ray 2.60 binds
+# every server to the node IP we give (127.0.0.1); without it, to 0.0.0.0 and eth0.
+_QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+for _k, _v in _QUIET_ENV.items():
+    os.environ.setdefault(_k, _v)  # inherited by the raylet and workers
 
-from orchestrator.jobs import HostInfo, HostLost, Job, JobFailed, SlotConfig, WorkerLost
+import ray  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
+
+from orchestrator.jobs import HostInfo, HostLost, Job, JobFailed, SlotConfig, WorkerLost  # noqa: E402
 
 SIM_ROOT_ENV = "NUMASWEEP_SIM_ROOT"
 PROFILE_LABEL = "numasweep-profile"
 # A restarted actor takes the job again from the coordinator, which knows what is
 # stored; Ray's own task retry would replay a half-consumed stream, so it stays 0.
 MAX_RESTARTS = 3
-_QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def start_local(*, num_cpus: int | None = None, temp_dir: str | None = None, object_store_mb: int = 96,
                 dashboard: bool = False, dashboard_port: int | None = None) -> str:
     """Start an embedded Ray on loopback; returns its GCS address."""
-    for k, v in _QUIET_ENV.items():
-        os.environ.setdefault(k, v)  # inherited by the raylet and workers
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="nsw-ray-")  # short: Ray puts sockets in it
     kwargs = {}
     if dashboard_port is not None:
@@ -55,8 +58,6 @@ def start_local(*, num_cpus: int | None = None, temp_dir: str | None = None, obj
 
 def connect(address: str | None) -> None:
     """Join an existing cluster (``None``: the one this process was started in, e.g. a Ray Job)."""
-    for k, v in _QUIET_ENV.items():
-        os.environ.setdefault(k, v)
     ray.init(address=address or "auto", logging_level=logging.WARNING)
 
 

@@ -103,3 +103,12 @@ def test_kill_9_reruns_unfinished_points_only(ray_local, tmp_path, victim):
         # Exactly every point once: the rows stored before the kill were not stored again.
         assert res.status == "ok" and len(pts) == len(keys) == 16 == store.count_points(res.run_id)
         assert any("retry" in line for line in lines), lines
+
+
+def test_embedded_ray_listens_on_loopback_only(ray_local):
+    me = psutil.Process()
+    ours = {p.pid for p in me.children(recursive=True)} | {me.pid}
+    listening = [(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert listening
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip, _ in listening), listening
