@@ -213,8 +213,10 @@ def _tile_scalar(out, oo, ocs, w, wo, wrs, x, xo, xcs, nb, nr, nc):
             out[oo + c * ocs + r] = dot_q8_0_scalar(w, wo + r * wrs, x, xo + c * xcs, nb)
 
 
+# Each kernel exists per SIMD path (a function argument would defeat numba's cache);
+# the two copies differ only in the tile they call.
 @njit(**PARALLEL)
-def _moe_up_gate(tile, xg, wg, wu, rb, n_ff, ex, offs, g, u):
+def _moe_up_gate_avx2(xg, wg, wu, rb, n_ff, ex, offs, g, u):
     # xg: flat (n_slots*rb) u8 Q8_0 rows, slots grouped by expert; wg, wu: flat
     # (n_expert*n_ff*rb) u8; ex: (n_act,) expert ids; offs: (n_act+1,) slot ranges.
     # g, u: flat (n_slots*n_ff) f32; on return g[s, r] = silu(gate) * up.
@@ -228,8 +230,8 @@ def _moe_up_gate(tile, xg, wg, wu, rb, n_ff, ex, offs, g, u):
         s = offs[a]
         while s < offs[a + 1]:
             nc = min(2, offs[a + 1] - s)
-            tile(g, s * n_ff + r0, n_ff, wg, wo, rb, xg, s * rb, rb, nb, nr, nc)
-            tile(u, s * n_ff + r0, n_ff, wu, wo, rb, xg, s * rb, rb, nb, nr, nc)
+            _tile_avx2(g, s * n_ff + r0, n_ff, wg, wo, rb, xg, s * rb, rb, nb, nr, nc)
+            _tile_avx2(u, s * n_ff + r0, n_ff, wu, wo, rb, xg, s * rb, rb, nb, nr, nc)
             for c in range(nc):
                 for r in range(nr):
                     i = (s + c) * n_ff + r0 + r
@@ -239,7 +241,7 @@ def _moe_up_gate(tile, xg, wg, wu, rb, n_ff, ex, offs, g, u):
 
 
 @njit(**PARALLEL)
-def _moe_down(tile, aq, wd, rb, n_embd, ex, offs, out):
+def _moe_down_avx2(aq, wd, rb, n_embd, ex, offs, out):
     # aq: flat (n_slots*rb) u8 Q8_0 activations; wd: flat (n_expert*n_embd*rb) u8;
     # out: flat (n_slots*n_embd) f32
     nb = rb // 34
@@ -252,7 +254,45 @@ def _moe_down(tile, aq, wd, rb, n_embd, ex, offs, out):
         s = offs[a]
         while s < offs[a + 1]:
             nc = min(2, offs[a + 1] - s)
-            tile(out, s * n_embd + r0, n_embd, wd, wo, rb, aq, s * rb, rb, nb, nr, nc)
+            _tile_avx2(out, s * n_embd + r0, n_embd, wd, wo, rb, aq, s * rb, rb, nb, nr, nc)
+            s += nc
+
+
+@njit(**PARALLEL)
+def _moe_up_gate_scalar(xg, wg, wu, rb, n_ff, ex, offs, g, u):
+    nb = rb // 34
+    n_tiles = (n_ff + 3) // 4
+    for item in prange(ex.shape[0] * n_tiles):
+        a = item // n_tiles
+        r0 = (item - a * n_tiles) * 4
+        nr = min(4, n_ff - r0)
+        wo = (ex[a] * n_ff + r0) * rb
+        s = offs[a]
+        while s < offs[a + 1]:
+            nc = min(2, offs[a + 1] - s)
+            _tile_scalar(g, s * n_ff + r0, n_ff, wg, wo, rb, xg, s * rb, rb, nb, nr, nc)
+            _tile_scalar(u, s * n_ff + r0, n_ff, wu, wo, rb, xg, s * rb, rb, nb, nr, nc)
+            for c in range(nc):
+                for r in range(nr):
+                    i = (s + c) * n_ff + r0 + r
+                    v = g[i]
+                    g[i] = v / (np.float32(1.0) + np.exp(-v)) * u[i]
+            s += nc
+
+
+@njit(**PARALLEL)
+def _moe_down_scalar(aq, wd, rb, n_embd, ex, offs, out):
+    nb = rb // 34
+    n_tiles = (n_embd + 3) // 4
+    for item in prange(ex.shape[0] * n_tiles):
+        a = item // n_tiles
+        r0 = (item - a * n_tiles) * 4
+        nr = min(4, n_embd - r0)
+        wo = (ex[a] * n_embd + r0) * rb
+        s = offs[a]
+        while s < offs[a + 1]:
+            nc = min(2, offs[a + 1] - s)
+            _tile_scalar(out, s * n_embd + r0, n_embd, wd, wo, rb, aq, s * rb, rb, nb, nr, nc)
             s += nc
 
 
@@ -285,15 +325,17 @@ def moe_ffn(h: np.ndarray, W: MoEWeights, cfg: MoEConfig, *, fused: bool,
     F = cfg.n_ff_exp
     q8 = W.gate.kind == W.up.kind == W.down.kind == "q8_0"
     if fused and q8:
-        tile = _tile_avx2 if (simd or _numba.SIMD) == "avx2" else _tile_scalar
+        avx2 = (simd or _numba.SIMD) == "avx2"
+        up_gate = _moe_up_gate_avx2 if avx2 else _moe_up_gate_scalar
+        down = _moe_down_avx2 if avx2 else _moe_down_scalar
         xg = np.ascontiguousarray(hq[tok])
         g = np.empty((order.shape[0], F), dtype=np.float32)
         u = np.empty_like(g)
-        _moe_up_gate(tile, xg.reshape(-1), W.gate.data.reshape(-1), W.up.data.reshape(-1), hq.shape[1],
+        up_gate(xg.reshape(-1), W.gate.data.reshape(-1), W.up.data.reshape(-1), hq.shape[1],
                      F, ex, offs, g.reshape(-1), u.reshape(-1))
         aq = quantize_q8_0(g)
         d = np.empty((order.shape[0], E), dtype=np.float32)
-        _moe_down(tile, aq.reshape(-1), W.down.data.reshape(-1), aq.shape[1], E, ex, offs, d.reshape(-1))
+        down(aq.reshape(-1), W.down.data.reshape(-1), aq.shape[1], E, ex, offs, d.reshape(-1))
     else:
         xs = np.ascontiguousarray(hq[tok]) if q8 else np.ascontiguousarray(h[tok])
         g = np.empty((order.shape[0], F), dtype=np.float32)
