@@ -74,15 +74,16 @@ def _execute(args: argparse.Namespace, spec: SweepSpec, run_id: int | None) -> i
         result = run_sweep(spec, executor, store, run_id=run_id, progress=say)
     finally:
         stop()
-    print(render_tables(store.points(result.run_id)))
-    if not args.no_report:
+    points = store.points(result.run_id)
+    print(render_tables(points))
+    if points and not args.no_report:
         try:
             from orchestrator.report import write_report
         except ImportError:
             write_report = None
         if write_report is not None:
             out = Path(spec.store).parent / "reports" / f"run-{result.run_id}"
-            print(f"report: {write_report(store, [result.run_id], out)}")
+            print(f"report: {Path(write_report(store, [result.run_id], out)).resolve()}")
     store.close()
     print(f"run {result.run_id}: {result.status} ({result.stored} of {result.expected} points stored in {spec.store})")
     return 0 if result.status == "ok" else 1

@@ -70,12 +70,16 @@ def launcher_argv(cpus, mem_policy: str, mem_nodes, threads: int, argv: list[str
 # -- verification --------------------------------------------------------------
 @dataclass(frozen=True)
 class Verified:
-    cpus: tuple[int, ...]        # Cpus_allowed_list, identical on every thread
+    cpus: tuple[int, ...]        # union of every thread's Cpus_allowed_list
     mems_allowed: tuple[int, ...]
     mem_policy: str              # from numa_maps: 'bind:0', 'interleave:0-1', 'default'; 'unknown'
                                  # once the process has exited (a zombie has no memory map)
-    threads: int
+    thread_cpus: tuple[tuple[int, tuple[int, ...]], ...]
     pages_per_node: tuple[tuple[int, int], ...]  # (node, pages) summed over numa_maps
+
+    @property
+    def threads(self) -> int:
+        return len(self.thread_cpus)
 
     @property
     def mems(self) -> str:
@@ -91,18 +95,17 @@ def _status_field(text: str, name: str) -> str:
 def verify(pid: int, proc: str = "/proc") -> Verified:
     """Read every thread's affinity and the process's memory policy back from /proc."""
     base = Path(proc) / str(pid)
-    cpus_seen, mems_seen = set(), set()
+    thread_cpus: dict[int, tuple[int, ...]] = {}
+    mems = ""
     for status in (base / "task").glob("*/status"):
         try:
             text = status.read_text()
         except (FileNotFoundError, ProcessLookupError):
             continue  # a thread that just exited
-        cpus_seen.add(_status_field(text, "Cpus_allowed_list"))
-        mems_seen.add(_status_field(text, "Mems_allowed_list"))
-    if not cpus_seen:
+        thread_cpus[int(status.parent.name)] = parse_cpulist(_status_field(text, "Cpus_allowed_list"))
+        mems = _status_field(text, "Mems_allowed_list") or mems
+    if pid not in thread_cpus:
         raise PinError(f"process {pid} is gone: nothing to verify")
-    if len(cpus_seen) > 1:
-        raise PinError(f"process {pid}: threads disagree on affinity: {sorted(cpus_seen)}")
     policies: dict[str, int] = {}
     pages: dict[int, int] = {}
     try:
@@ -121,10 +124,10 @@ def verify(pid: int, proc: str = "/proc") -> Verified:
     # The task policy shows on every mapping without its own (mbind) policy: the most common one.
     policy = max(policies, key=policies.get) if policies else "unknown"
     return Verified(
-        cpus=parse_cpulist(cpus_seen.pop()),
-        mems_allowed=parse_cpulist(mems_seen.pop() or "0"),
+        cpus=tuple(sorted({c for cs in thread_cpus.values() for c in cs})),
+        mems_allowed=parse_cpulist(mems or "0"),
         mem_policy=policy,
-        threads=len(list((base / "task").glob("*"))),
+        thread_cpus=tuple(sorted(thread_cpus.items())),
         pages_per_node=tuple(sorted(pages.items())),
     )
 
@@ -137,11 +140,14 @@ def expected_policy(mem_policy: str, mem_nodes) -> str:
 
 
 def check(v: Verified, cpus, mem_policy: str, mem_nodes) -> None:
-    """Raise PinError unless the child has exactly the CPUs and memory policy asked for."""
+    """Raise PinError unless every thread stays on the slot's CPUs and the memory policy is the asked one."""
     want = tuple(sorted(set(cpus)))
-    if v.cpus != want:
-        raise PinError(f"affinity mismatch: asked CPUs {format_cpulist(want)}, "
-                       f"child has {format_cpulist(v.cpus)}")
+    # OMP_PROC_BIND=close binds each OpenMP thread (the main one too) to one core of the
+    # mask, so a thread may hold a subset of the slot's CPUs, never a CPU outside it.
+    for tid, cpus_t in v.thread_cpus:
+        if not cpus_t or not set(cpus_t) <= set(want):
+            raise PinError(f"affinity mismatch: asked CPUs {format_cpulist(want)}, thread {tid} "
+                           f"may run on {format_cpulist(cpus_t) or 'none'}")
     pol = expected_policy(mem_policy, mem_nodes)
     if v.mem_policy != "unknown" and v.mem_policy != pol:
         raise PinError(f"memory policy mismatch: asked {pol}, child has {v.mem_policy}")

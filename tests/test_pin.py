@@ -99,3 +99,39 @@ def test_verify_gone_process():
     p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     with pytest.raises(pin.PinError, match="gone"):
         pin.verify(int(p.stdout))
+
+
+@needs_two
+def test_thread_subsets_pass_and_escaping_thread_is_caught():
+    # One thread narrows itself to CPU 1 (what OMP_PROC_BIND=close does), one widens to 0-1.
+    code = """
+import os, sys, threading, time
+def narrow(): os.sched_setaffinity(0, {1}); time.sleep(30)
+threading.Thread(target=narrow, daemon=True).start()
+time.sleep(0.2); print("{}", flush=True); sys.stdin.readline()
+def widen(): os.sched_setaffinity(0, {0, 1}); time.sleep(30)
+threading.Thread(target=widen, daemon=True).start()
+time.sleep(0.2); print("{}", flush=True); sys.stdin.readline()
+"""
+    proc, _ = start((1,), code=code)
+    try:
+        pin.check(pin.verify(proc.pid), (1,), "bind", (0,))  # narrowed threads are fine
+    finally:
+        finish(proc)
+    proc, _ = start((0, 1), code=code)
+    try:
+        v = pin.verify(proc.pid)
+        assert sorted({c for _, cs in v.thread_cpus for c in cs}) == [0, 1]
+        pin.check(v, (0, 1), "bind", (0,))
+    finally:
+        finish(proc)
+    proc, _ = start((1,), code=code)
+    try:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.stdout.readline()  # the widening thread now runs
+        with pytest.raises(pin.PinError, match="asked CPUs 1, thread .* may run on 0-1"):
+            pin.check(pin.verify(proc.pid), (1,), "bind", (0,))
+    finally:
+        proc.kill()
+        proc.wait()
