@@ -41,32 +41,71 @@ def dot_q8_0_scalar(w, wo, x, xo, nb):
     return acc
 
 
+@njit(inline="always", **NJIT)
+def _rowtile_avx2(w, n_out, x, n_tok, nb, out, tile):
+    # rows [4*tile, 4*tile+4) of out (n_tok, n_out) flat f32; w, x flat Q8_0 bytes
+    rb = nb * 34
+    r0 = tile * 4
+    if r0 + 4 <= n_out:
+        t = 0
+        while t + 2 <= n_tok:
+            q8_tile_4x2(out, t * n_out + r0, n_out, w, r0 * rb, rb, x, t * rb, rb, nb)
+            t += 2
+        if t < n_tok:
+            q8_tile_4x1(out, t * n_out + r0, n_out, w, r0 * rb, rb, x, t * rb, rb, nb)
+    else:
+        for r in range(r0, n_out):
+            for t in range(n_tok):
+                q8_tile_1x1(out, t * n_out + r, 0, w, r * rb, rb, x, t * rb, rb, nb)
+
+
+@njit(inline="always", **NJIT)
+def _rowtile_scalar(w, n_out, x, n_tok, nb, out, tile):
+    rb = nb * 34
+    for r in range(tile * 4, min(tile * 4 + 4, n_out)):
+        for t in range(n_tok):
+            out[t * n_out + r] = dot_q8_0_scalar(w, r * rb, x, t * rb, nb)
+
+
 @njit(**PARALLEL)
 def _gemm_q8_0_avx2(w, n_out, x, n_tok, nb, out):
     # w: flat (n_out*nb*34) u8; x: flat (n_tok*nb*34) u8; out: flat (n_tok*n_out) f32
-    rb = nb * 34
-    n_tiles = (n_out + 3) // 4
-    for tile in prange(n_tiles):
-        r0 = tile * 4
-        if r0 + 4 <= n_out:
-            t = 0
-            while t + 2 <= n_tok:
-                q8_tile_4x2(out, t * n_out + r0, n_out, w, r0 * rb, rb, x, t * rb, rb, nb)
-                t += 2
-            if t < n_tok:
-                q8_tile_4x1(out, t * n_out + r0, n_out, w, r0 * rb, rb, x, t * rb, rb, nb)
-        else:
-            for r in range(r0, n_out):
-                for t in range(n_tok):
-                    q8_tile_1x1(out, t * n_out + r, 0, w, r * rb, rb, x, t * rb, rb, nb)
+    for tile in prange((n_out + 3) // 4):
+        _rowtile_avx2(w, n_out, x, n_tok, nb, out, tile)
 
 
 @njit(**PARALLEL)
 def _gemm_q8_0_scalar(w, n_out, x, n_tok, nb, out):
-    rb = nb * 34
-    for r in prange(n_out):
-        for t in range(n_tok):
-            out[t * n_out + r] = dot_q8_0_scalar(w, r * rb, x, t * rb, nb)
+    for tile in prange((n_out + 3) // 4):
+        _rowtile_scalar(w, n_out, x, n_tok, nb, out, tile)
+
+
+# Up to three matrices that share one input (q/k/v, gate/up) in one parallel launch:
+# TG runs ~8 launches per layer otherwise, and each costs tens of microseconds.
+@njit(**PARALLEL)
+def _gemm3_q8_0_avx2(w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb):
+    t1 = (n1 + 3) // 4
+    t2 = (n2 + 3) // 4
+    for tile in prange(t1 + t2 + (n3 + 3) // 4):
+        if tile < t1:
+            _rowtile_avx2(w1, n1, x, n_tok, nb, o1, tile)
+        elif tile < t1 + t2:
+            _rowtile_avx2(w2, n2, x, n_tok, nb, o2, tile - t1)
+        else:
+            _rowtile_avx2(w3, n3, x, n_tok, nb, o3, tile - t1 - t2)
+
+
+@njit(**PARALLEL)
+def _gemm3_q8_0_scalar(w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb):
+    t1 = (n1 + 3) // 4
+    t2 = (n2 + 3) // 4
+    for tile in prange(t1 + t2 + (n3 + 3) // 4):
+        if tile < t1:
+            _rowtile_scalar(w1, n1, x, n_tok, nb, o1, tile)
+        elif tile < t1 + t2:
+            _rowtile_scalar(w2, n2, x, n_tok, nb, o2, tile - t1)
+        else:
+            _rowtile_scalar(w3, n3, x, n_tok, nb, o3, tile - t1 - t2)
 
 
 @njit(**FAST_PARALLEL)
@@ -99,6 +138,32 @@ def gemm_q8_0(w: np.ndarray, xq: np.ndarray, out: np.ndarray | None = None,
     kernel = _gemm_q8_0_avx2 if (simd or _numba.SIMD) == "avx2" else _gemm_q8_0_scalar
     kernel(w.reshape(-1), n_out, xq.reshape(-1), n_tok, rb // 34, out.reshape(-1))
     return out
+
+
+_EMPTY_W = np.zeros((0,), dtype=np.uint8)
+_EMPTY_O = np.zeros((0,), dtype=np.float32)
+
+
+def gemm_q8_0_multi(ws, xq: np.ndarray, simd: str | None = None) -> list[np.ndarray]:
+    """[X W_i^T for W_i in ws] for 1-3 Q8_0 matrices of the same row size, one launch."""
+    if not 1 <= len(ws) <= 3:
+        raise ValueError(f"gemm_q8_0_multi: 1 to 3 matrices, got {len(ws)}")
+    for w in ws:
+        if w.ndim != 2 or w.dtype != np.uint8 or w.shape[1] != xq.shape[1] or not w.flags.c_contiguous:
+            raise ValueError(f"gemm_q8_0_multi: W {w.dtype}{w.shape} does not match X {xq.dtype}{xq.shape}")
+    if xq.ndim != 2 or xq.dtype != np.uint8 or xq.shape[1] % 34 or not xq.flags.c_contiguous:
+        raise ValueError(f"gemm_q8_0_multi: X must be contiguous Q8_0 bytes, got {xq.dtype}{xq.shape}")
+    n_tok = xq.shape[0]
+    outs = [np.empty((n_tok, w.shape[0]), dtype=np.float32) for w in ws]
+    args = []
+    for k in range(3):
+        if k < len(ws):
+            args += [ws[k].reshape(-1), ws[k].shape[0], outs[k].reshape(-1)]
+        else:
+            args += [_EMPTY_W, 0, _EMPTY_O]
+    kernel = _gemm3_q8_0_avx2 if (simd or _numba.SIMD) == "avx2" else _gemm3_q8_0_scalar
+    kernel(*args, xq.reshape(-1), n_tok, xq.shape[1] // 34)
+    return outs
 
 
 def gemm_f32(w: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -161,3 +161,15 @@ def test_avx2_tile_emits_int8_dot_instructions(tmp_path):
     for insn in ("vpsignb", "vpmaddubsw", "vpmaddwd", "vfmadd"):
         assert insn in asm, insn
     assert "vpinsrw" not in asm  # the false-dependency scale load must stay gone
+
+
+@pytest.mark.parametrize("simd", SIMDS)
+@pytest.mark.parametrize("n_mats,n_tok", [(3, 1), (2, 5), (1, 2)])
+def test_gemm_q8_0_multi_equals_separate_calls(simd, n_mats, n_tok):
+    from engine.matmul import gemm_q8_0_multi
+
+    xq = quantize_q8_0(rng.standard_normal((n_tok, 128)).astype(np.float32))
+    ws = [quantize_q8_0(rng.standard_normal((n, 128)).astype(np.float32)) for n in (64, 18, 33)[:n_mats]]
+    outs = gemm_q8_0_multi(ws, xq, simd=simd)
+    for w, o in zip(ws, outs):
+        assert np.array_equal(o, gemm_q8_0(w, xq, simd=simd))
