@@ -21,7 +21,7 @@ from engine.attention import attention
 from engine.errors import EngineError
 from engine.gguf_model import ModelConfig, Weight, Weights, load_weights, open_gguf
 from engine.kvcache import KV_TYPES, KVCache
-from engine.matmul import gemm_f32, gemm_q8_0
+from engine.matmul import gemm_f32, gemm_q8_0, gemm_q8_0_multi
 from engine.q8_0_r8 import K_REPACK_MODES, RepackReport, RepackScratch, gemm_q8_0_r8, repack_weights
 from engine.ops import rmsnorm_q8_0, rope_cache, rope_inplace, swiglu_q8_0
 from engine.quant import dequantize_q8_0, quantize_q8_0
@@ -74,6 +74,13 @@ def _matmul(w: Weight, x: np.ndarray, xq: np.ndarray | None) -> np.ndarray:
     if w.kind == "q8_0_r8":
         return gemm_q8_0_r8(w.data, xq)
     return gemm_f32(w.data, x)
+
+
+def _matmuls(ws: tuple[Weight, ...], x: np.ndarray, xq: np.ndarray) -> list[np.ndarray]:
+    """Several matrices applied to the same input; all-Q8_0 ones share one launch."""
+    if all(w.kind == "q8_0" for w in ws):
+        return gemm_q8_0_multi([w.data for w in ws], xq)
+    return [_matmul(w, x, xq) for w in ws]
 
 
 def _embed(w: Weight, tokens: np.ndarray) -> np.ndarray:
@@ -163,9 +170,7 @@ class Model:
         x = _embed(self.weights.token_embd, tokens)                      # (n, n_embd) f32
         for li, L in enumerate(self.weights.layers):
             h, hq = rmsnorm_q8_0(x, L.attn_norm, c.rms_eps)
-            q = _matmul(L.wq, h, hq)                                     # (n, n_head*hd)
-            k = _matmul(L.wk, h, hq)                                     # (n, n_kv*hd)
-            v = _matmul(L.wv, h, hq)
+            q, k, v = _matmuls((L.wq, L.wk, L.wv), h, hq)               # (n, n_head*hd), (n, n_kv*hd) x2
             if L.bq is not None:
                 q += L.bq
             if L.bk is not None:
@@ -182,8 +187,7 @@ class Model:
             a2 = a.reshape(n, c.n_head * c.head_dim)
             x += _matmul(L.wo, a2, quantize_q8_0(a2) if L.wo.kind != "f32" else None)
             h, hq = rmsnorm_q8_0(x, L.ffn_norm, c.rms_eps)
-            g = _matmul(L.w_gate, h, hq)
-            u = _matmul(L.w_up, h, hq)
+            g, u = _matmuls((L.w_gate, L.w_up), h, hq)                  # (n, n_ff) x2
             s, sq = swiglu_q8_0(g, u)
             x += _matmul(L.w_down, s, sq)
         self.cache.commit(pos, n)
