@@ -195,7 +195,7 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
         elif kind == "row":
             host, host_id, slot = by_job[job.index]
             point = Point.from_sweep_row(
-                payload["row"], settings=settings_of[job.index], host_id=host_id, slot=slot.name,
+                _stable(payload["row"]), settings=settings_of[job.index], host_id=host_id, slot=slot.name,
                 placement=slot.placement, verified_cpus=payload["verified_cpus"],
                 verified_mems=payload["verified_mems"], noise=payload["noise"], simulated=host.simulated)
             if store.add_point(run_id, point):
@@ -228,6 +228,16 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
     say(f"run {run_id}: {status}, {stored} point(s) stored in {time.monotonic() - t0:.1f} s"
         + (f"; {note}" if note else ""))
     return RunResult(run_id, status, stored, expected, tuple(missing), note)
+
+
+# Row keys that are neither Point fields nor settings: measurements the Point cannot hold.
+# Left in, they would become settings and give every row its own settings_key (breaking
+# resume's identity). The scratch high-water mark is the running max of repack_scratch_mib.
+_ROW_MEASUREMENTS = ("repack_scratch_hwm_mib",)
+
+
+def _stable(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in _ROW_MEASUREMENTS}
 
 
 def _describe(job: Job) -> str:

@@ -45,6 +45,7 @@ k_repack = ["on", "off"]
         pts = store.points(run["id"])
     assert run["status"] == "ok" and run["git_commit"] and len(pts) == 4
     assert {p["settings"]["k_repack"] for p in pts} == {"on", "off"}
+    assert len({p["settings_key"] for p in pts}) == 2  # one identity per job, not per measured row
     assert {p["n_kv"] for p in pts} == {0, 256} and all(p["pp"] == 256 and p["tg"] == 8 for p in pts)
     assert all(p["speed_pp"] > 0 and p["speed_tg"] > 0 and p["rss_hwm_mib"] for p in pts)
     assert all(p["settings"]["weight_bytes"] > 0 for p in pts)  # for the report's bandwidth table
