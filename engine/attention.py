@@ -13,13 +13,15 @@ every K/V chunk that is loaded (and dequantized) once per item.
 
 K in q8_0 is dotted with Q quantized to Q8_0 (what ggml's CPU path does for a
 q8_0 cache) using the int8 tiles of ``_simd``; f16/f32 K and every V type are
-converted to f32 per chunk.
+converted to f32 per chunk. With ``k_repack`` the q8_0 K view is first repacked to
+Q8_0_R8 (engine.q8_0_r8) and scored 8 positions per vector (flash path only).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import numba
 from numba import njit, prange
 
 from engine import _numba
@@ -27,6 +29,8 @@ from engine._numba import NJIT, PARALLEL
 from engine._simd import f16_to_f32, q8_tile_1x1, q8_tile_4x1, q8_tile_4x2
 from engine.kvcache import KVCache
 from engine.matmul import dot_q8_0_scalar
+from engine.q8_0_r8 import (RepackScratch, _scores_r8_avx2, _scores_r8_scalar, k_repack_applies,
+                             k_view_bytes, repack_k_view)
 from engine.quant import f16_bits_to_f32, quantize_q8_0
 
 QUERY_BLOCK = 8
@@ -82,7 +86,7 @@ def _f16_run_scalar(dst, dst_off, src, src_off, n):
 
 
 @njit(**NJIT)
-def _rows_to_f32(cvt16, af, ab, atype, row_bytes, head, hd, p0, cnt, buf):
+def _rows_to_f32(avx2, af, ab, atype, row_bytes, head, hd, p0, cnt, buf):
     # buf[p*hd + d] = value d of head `head` at position p0+p; buf: flat f32
     for p in range(cnt):
         pos = p0 + p
@@ -90,7 +94,10 @@ def _rows_to_f32(cvt16, af, ab, atype, row_bytes, head, hd, p0, cnt, buf):
             for d in range(hd):
                 buf[p * hd + d] = af[pos, head * hd + d]
         elif atype == 1:
-            cvt16(buf, p * hd, ab, pos * row_bytes + head * hd * 2, hd)
+            if avx2:
+                _f16_run_avx2(buf, p * hd, ab, pos * row_bytes + head * hd * 2, hd)
+            else:
+                _f16_run_scalar(buf, p * hd, ab, pos * row_bytes + head * hd * 2, hd)
         else:
             base = pos * row_bytes + head * (hd // 32) * 34
             for b in range(hd // 32):
@@ -103,9 +110,13 @@ def _rows_to_f32(cvt16, af, ab, atype, row_bytes, head, hd, p0, cnt, buf):
                     buf[p * hd + b * 32 + t] = dd * np.float32(v)
 
 
-@njit(**PARALLEL)
-def _attention(score_q8, cvt16, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
-               n_kv_head, pos0, scale, chunk, out):
+@njit(**NJIT)
+def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
+                    n_kv_head, pos0, scale, chunk, out):
+    # One work item (block of <= 8 queries, KV head) of the attention below. kind (a
+    # compile-time literal): 0 q8_0 K AVX2, 1 q8_0 K scalar, 2 Q8_0_R8 K AVX2, 3 R8 scalar.
+    numba.literally(kind)
+    avx2 = kind == 0 or kind == 2
     # q: (n_q, n_head, hd) f32; qq: flat Q8_0 of q (when ktype == 2)
     # kf/vf: (n_ctx, n_kv_head*hd) f32 or dummy; kb/vb: flat cache bytes or dummy
     # out: (n_q, n_head, hdv) f32
@@ -115,65 +126,99 @@ def _attention(score_q8, cvt16, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
     qhb = (hd // 32) * 34
     qrow = n_head * qhb
     cstride_pair = qhb if g > 1 else qrow
-    n_blocks = (n_q + 7) // 8
-    for item in prange(n_blocks * n_kv_head):
-        blk = item // n_kv_head
-        kvh = item - blk * n_kv_head
-        i0 = blk * 8
-        nqb = min(8, n_q - i0)
-        ncol = nqb * g
-        n_att_max = pos0 + i0 + nqb
-        CH = chunk if chunk > 0 else n_att_max
-        s = np.empty(ncol * CH, dtype=np.float32)
-        kbuf = np.empty(CH * hd if ktype != 2 else 1, dtype=np.float32)
-        vbuf = np.empty(CH * hdv, dtype=np.float32)
-        m = np.full(ncol, -np.inf, dtype=np.float32)
-        l = np.zeros(ncol, dtype=np.float32)
-        acc = np.zeros((ncol, hdv), dtype=np.float32)
-        for p0 in range(0, n_att_max, CH):
-            cnt = min(CH, n_att_max - p0)
-            if ktype == 2:
-                score_q8(s, CH, kb, krow, kvh * qhb, p0, cnt, qq, i0 * qrow + kvh * g * qhb,
-                         qhb, ncol, g, cstride_pair, qrow)
+    blk = item // n_kv_head
+    kvh = item - blk * n_kv_head
+    i0 = blk * 8
+    nqb = min(8, n_q - i0)
+    ncol = nqb * g
+    n_att_max = pos0 + i0 + nqb
+    CH = chunk if chunk > 0 else n_att_max
+    s = np.empty(ncol * CH, dtype=np.float32)
+    kbuf = np.empty(CH * hd if ktype != 2 else 1, dtype=np.float32)
+    vbuf = np.empty(CH * hdv, dtype=np.float32)
+    m = np.full(ncol, -np.inf, dtype=np.float32)
+    l = np.zeros(ncol, dtype=np.float32)
+    acc = np.zeros((ncol, hdv), dtype=np.float32)
+    for p0 in range(0, n_att_max, CH):
+        cnt = min(CH, n_att_max - p0)
+        if ktype == 2:
+            q0_off = i0 * qrow + kvh * g * qhb
+            if kind == 0:
+                _scores_q8_avx2(s, CH, kb, krow, kvh * qhb, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow)
+            elif kind == 1:
+                _scores_q8_scalar(s, CH, kb, krow, kvh * qhb, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow)
+            elif kind == 2:
+                _scores_r8_avx2(s, CH, kb, krow, kvh * qhb, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow)
             else:
-                _rows_to_f32(cvt16, kf, kb, ktype, krow, kvh, hd, p0, cnt, kbuf)
-                for col in range(ncol):
-                    qi = col // g
-                    h = kvh * g + (col - qi * g)
-                    for p in range(cnt):
-                        a = np.float32(0.0)
-                        for d in range(hd):
-                            a += q[i0 + qi, h, d] * kbuf[p * hd + d]
-                        s[col * CH + p] = a
-            _rows_to_f32(cvt16, vf, vb, vtype, vrow, kvh, hdv, p0, cnt, vbuf)
+                _scores_r8_scalar(s, CH, kb, krow, kvh * qhb, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow)
+        else:
+            _rows_to_f32(avx2, kf, kb, ktype, krow, kvh, hd, p0, cnt, kbuf)
             for col in range(ncol):
                 qi = col // g
-                lim = min(cnt, pos0 + i0 + qi + 1 - p0)  # causal: positions <= pos0+i0+qi
-                if lim <= 0:
-                    continue
-                mx = m[col]
-                for p in range(lim):
-                    v = s[col * CH + p] * scale
-                    s[col * CH + p] = v
-                    if v > mx:
-                        mx = v
-                corr = np.float32(0.0) if m[col] == -np.inf else np.exp(m[col] - mx)
-                if corr != 1.0:
-                    l[col] *= corr
-                    for d in range(hdv):
-                        acc[col, d] *= corr
-                for p in range(lim):
-                    e = np.exp(s[col * CH + p] - mx)
-                    l[col] += e
-                    for d in range(hdv):
-                        acc[col, d] += e * vbuf[p * hdv + d]
-                m[col] = mx
+                h = kvh * g + (col - qi * g)
+                for p in range(cnt):
+                    a = np.float32(0.0)
+                    for d in range(hd):
+                        a += q[i0 + qi, h, d] * kbuf[p * hd + d]
+                    s[col * CH + p] = a
+        _rows_to_f32(avx2, vf, vb, vtype, vrow, kvh, hdv, p0, cnt, vbuf)
         for col in range(ncol):
             qi = col // g
-            h = kvh * g + (col - qi * g)
-            inv = np.float32(1.0) / l[col]
-            for d in range(hdv):
-                out[i0 + qi, h, d] = acc[col, d] * inv
+            lim = min(cnt, pos0 + i0 + qi + 1 - p0)  # causal: positions <= pos0+i0+qi
+            if lim <= 0:
+                continue
+            mx = m[col]
+            for p in range(lim):
+                v = s[col * CH + p] * scale
+                s[col * CH + p] = v
+                if v > mx:
+                    mx = v
+            corr = np.float32(0.0) if m[col] == -np.inf else np.exp(m[col] - mx)
+            if corr != 1.0:
+                l[col] *= corr
+                for d in range(hdv):
+                    acc[col, d] *= corr
+            for p in range(lim):
+                e = np.exp(s[col * CH + p] - mx)
+                l[col] += e
+                for d in range(hdv):
+                    acc[col, d] += e * vbuf[p * hdv + d]
+            m[col] = mx
+    for col in range(ncol):
+        qi = col // g
+        h = kvh * g + (col - qi * g)
+        inv = np.float32(1.0) / l[col]
+        for d in range(hdv):
+            out[i0 + qi, h, d] = acc[col, d] * inv
+
+
+# Cached entry points. Passing dispatchers as arguments made the kernel uncacheable
+# (a dispatcher argument is a Python-object constant: every process recompiled it,
+# ~10-30 s, and appended another cache entry); the scorer is now chosen by a literal
+# int, so each entry point compiles only its own branch (no AVX2 code in the scalar one).
+@njit(**PARALLEL)
+def _attention_avx2(r8, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow, n_kv_head, pos0, scale, chunk, out):
+    # q: (n_q, n_head, hd) f32; qq: flat Q8_0 of q (when ktype == 2), krow: K row bytes
+    # (or one head's R8 matrix bytes when r8); kf/vf: (n_ctx, n_kv_head*hd) f32 or dummy;
+    # kb/vb: flat cache bytes (kb: the repacked view when r8) or dummy; out: (n_q, n_head, hdv) f32
+    for item in prange(((q.shape[0] + 7) // 8) * n_kv_head):
+        if r8:
+            _attention_item(2, item, q, qq, kf, kb, ktype, krow, vf, vb,
+                            vtype, vrow, n_kv_head, pos0, scale, chunk, out)
+        else:
+            _attention_item(0, item, q, qq, kf, kb, ktype, krow, vf, vb,
+                            vtype, vrow, n_kv_head, pos0, scale, chunk, out)
+
+
+@njit(**PARALLEL)
+def _attention_scalar(r8, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow, n_kv_head, pos0, scale, chunk, out):
+    for item in prange(((q.shape[0] + 7) // 8) * n_kv_head):
+        if r8:
+            _attention_item(3, item, q, qq, kf, kb, ktype, krow, vf, vb,
+                            vtype, vrow, n_kv_head, pos0, scale, chunk, out)
+        else:
+            _attention_item(1, item, q, qq, kf, kb, ktype, krow, vf, vb,
+                            vtype, vrow, n_kv_head, pos0, scale, chunk, out)
 
 
 _DUMMY_F = np.zeros((1, 1), dtype=np.float32)
@@ -182,8 +227,14 @@ _DUMMY_B = np.zeros(1, dtype=np.uint8)
 
 def attention(q: np.ndarray, cache: KVCache, layer: int, pos0: int, *, flash: bool,
               scale: float | None = None, simd: str | None = None,
-              out: np.ndarray | None = None) -> np.ndarray:
-    """Causal attention of q (n_q, n_head, hd) f32 over cache positions [0, pos0+n_q)."""
+              out: np.ndarray | None = None, k_repack: str = "off",
+              scratch: RepackScratch | None = None) -> np.ndarray:
+    """Causal attention of q (n_q, n_head, hd) f32 over cache positions [0, pos0+n_q).
+
+    k_repack (auto|on|off, flash only, needs a scratch): when ``k_repack_applies``, the
+    layer's K view [0, pos0+n_q) x n_kv_head is first repacked to Q8_0_R8 into the
+    grow-only scratch, then scored with the interleaved kernel (ik's CPU FA path).
+    """
     n_q, n_head, hd = q.shape
     if n_head % cache.n_kv_head or hd != cache.head_dim_k:
         raise ValueError(f"attention: q {q.shape} does not fit cache heads {cache.n_kv_head}x{cache.head_dim_k}")
@@ -198,9 +249,14 @@ def attention(q: np.ndarray, cache: KVCache, layer: int, pos0: int, *, flash: bo
     qq = quantize_q8_0(q.reshape(n_q * n_head, hd)).reshape(-1) if kt == 2 else _DUMMY_B
     if out is None:
         out = np.empty((n_q, n_head, cache.head_dim_v), dtype=np.float32)
-    _attention(_scores_q8_avx2 if avx2 else _scores_q8_scalar,
-               _f16_run_avx2 if avx2 else _f16_run_scalar,
-               q, qq, kf, kb, kt, K.shape[1] * K.itemsize, vf, vb, vt, V.shape[1] * V.itemsize,
+    r8, krow = False, K.shape[1] * K.itemsize
+    n_kv = pos0 + n_q
+    if flash and scratch is not None and k_repack_applies(k_repack, n_q, n_kv, cache.type_k, hd):
+        need = k_view_bytes(n_kv, cache.n_kv_head, hd)
+        kb = repack_k_view(K, n_kv, cache.n_kv_head, hd, scratch.get(need))
+        r8, krow = True, need // cache.n_kv_head   # krow: bytes of one head's R8 matrix
+    (_attention_avx2 if avx2 else _attention_scalar)(
+               r8, q, qq, kf, kb, kt, krow, vf, vb, vt, V.shape[1] * V.itemsize,
                cache.n_kv_head, pos0, np.float32(scale if scale is not None else 1.0 / math.sqrt(hd)),
                FLASH_CHUNK if flash else 0, out)
     return out

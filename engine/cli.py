@@ -14,6 +14,7 @@ import sys
 from engine import _numba
 from engine.errors import EngineError
 from engine.model import load_model, stderr_log
+from engine.q8_0_r8 import K_REPACK_MODES
 from engine.sweep import TABLE_HEADER, TABLE_RULE, SweepConfig, format_jsonl, main_line, sweep
 from engine.synth import SHAPES, WTYPES, make_model
 
@@ -49,6 +50,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="accepted for llama.cpp compatibility; pinning is done by the orchestrator")
     p.add_argument("--output-format", default="md", help="md (alias: table) or jsonl")
     p.add_argument("--seed", type=int, default=42, help="token-id stream seed (fixed: same every run)")
+    p.add_argument("--k-repack", default="auto", choices=K_REPACK_MODES,
+                   help="flash attention reads a q8_0 K cache as Q8_0_R8 for PP: auto = ik's rule "
+                        "(>= 8 tokens, K rows % 8 == 0), on = every PP batch, off = never (default auto)")
+    p.add_argument("-rtr", "--run-time-repack", action="store_true",
+                   help="repack Q8_0 weight matrices (not token_embd) to Q8_0_R8 at load (no mmap)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -63,6 +69,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     flash = True if args.flash_attn is None else bool(args.flash_attn)
     model = load_model(args.model, n_ctx=cfg.n_ctx, type_k=args.cache_type_k, type_v=args.cache_type_v,
                        flash_attn=flash, n_threads=args.threads, n_threads_batch=args.threads_batch,
+                       k_repack=args.k_repack, rtr=args.run_time_repack,
                        log=info)
     c = model.config
     info(f"model: {c.name} arch={c.arch} params={model.n_params / 1e6:.1f}M "
@@ -71,7 +78,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
          f"(loaded in {model.load_seconds:.2f} s)")
     info(f"engine: n_ctx={cfg.n_ctx} ubatch={cfg.n_ubatch} tg={cfg.tg} threads={model.n_threads} "
          f"threads_batch={model.n_threads_batch} type_k={args.cache_type_k} type_v={args.cache_type_v} "
-         f"flash_attn={int(flash)} simd={_numba.SIMD} cpu={_numba.CPU_NAME} "
+         f"flash_attn={int(flash)} k_repack={args.k_repack} rtr={int(args.run_time_repack)} "
+         f"simd={_numba.SIMD} cpu={_numba.CPU_NAME} "
          f"kv_cache={model.cache.nbytes / 2**20:.1f} MiB")
     info(main_line(model, cfg))
     if not jsonl:

@@ -220,6 +220,54 @@ def gemm_q8_0_r8(w: np.ndarray, xq: np.ndarray, out: np.ndarray | None = None,
     return out
 
 
+# -- K-cache repack policy and scratch ---------------------------------------------------
+
+K_REPACK_MODES = ("auto", "on", "off")
+
+
+def k_repack_applies(mode: str, n_q: int, n_kv: int, type_k: str, head_dim: int) -> bool:
+    """Whether a flash-attention batch of n_q queries over n_kv positions reads K as Q8_0_R8.
+
+    auto: ik_llama.cpp's rule: n_q >= 8 (PP, never TG), K q8_0, head_dim % 32 == 0 and
+    n_kv % 8 == 0. on: every PP batch (n_q > 1) with a q8_0 K (the last group is
+    zero-padded). off: never (ik PR 315).
+    """
+    if mode not in K_REPACK_MODES:
+        raise ValueError(f"--k-repack: unknown mode {mode!r} (allowed: {', '.join(K_REPACK_MODES)})")
+    if mode == "off" or type_k != "q8_0" or head_dim % QK8_0 or n_q < 2:
+        return False
+    if mode == "on":
+        return True
+    return n_q >= 8 and n_kv % R8_ROWS == 0
+
+
+class RepackScratch:
+    """Grow-only buffer for repacked K views, like ik's CPU work buffer (never shrunk).
+
+    ``hwm_bytes`` is the allocation (the high-water mark); ``last_bytes`` is the most
+    any layer needed since ``reset()`` (the model resets it at every eval), i.e. the
+    scratch the last batch needed. Pages are touched as K is repacked into them.
+    """
+
+    def __init__(self) -> None:
+        self.buf = np.empty(0, dtype=np.uint8)
+        self.last_bytes = 0
+
+    def reset(self) -> None:
+        self.last_bytes = 0
+
+    def get(self, nbytes: int) -> np.ndarray:
+        if nbytes > self.buf.shape[0]:
+            self.buf = np.empty(0, dtype=np.uint8)   # free the old one first, as a realloc would
+            self.buf = np.empty(nbytes, dtype=np.uint8)
+        self.last_bytes = max(self.last_bytes, nbytes)
+        return self.buf
+
+    @property
+    def hwm_bytes(self) -> int:
+        return int(self.buf.shape[0])
+
+
 # -- attention scores over a repacked K view ----------------------------------------------
 # Same signature as attention._scores_q8_*; kb is the repacked view and krow is the byte
 # size of one head's R8 matrix (rows_pad * qhb). khead_off = kvh * qhb (as for the plain

@@ -75,7 +75,8 @@ class SweepRow:
     speed_tg: float
     rss_hwm_mib: float
     rep: int = 0
-    repack_scratch_mib: float = 0.0
+    repack_scratch_mib: float = 0.0       # K-repack scratch this row's PP needed
+    repack_scratch_hwm_mib: float = 0.0   # K-repack scratch allocated so far (grow-only)
 
     def __post_init__(self) -> None:
         if self.t_pp <= 0 or self.t_tg <= 0 or self.pp <= 0 or self.tg <= 0 or self.n_kv < 0:
@@ -146,9 +147,11 @@ def sweep(model: Model, cfg: SweepConfig,
             model.kv_truncate(n_kv)
             batch = rng.integers(0, n_vocab, ub)
             t_pp = _timed(lambda: model.eval(batch, n_kv, all_logits=False))
+            scratch = scratch_mib() if scratch_mib else float(getattr(model, "repack_scratch_mib", 0.0))
             yield SweepRow(pp=ub, tg=tg, n_kv=n_kv, t_pp=t_pp, speed_pp=ub / t_pp, t_tg=t_tg,
                            speed_tg=tg / t_tg, rss_hwm_mib=round(rss_hwm_mib(), 2), rep=rep,
-                           repack_scratch_mib=scratch_mib() if scratch_mib else 0.0)
+                           repack_scratch_mib=round(scratch, 4),
+                           repack_scratch_hwm_mib=round(float(getattr(model, "repack_scratch_hwm_mib", 0.0)), 4))
 
 
 def format_jsonl(model: Model, cfg: SweepConfig, row: SweepRow) -> str:
