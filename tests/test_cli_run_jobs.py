@@ -54,7 +54,7 @@ def head():
                 os.killpg(proc.pid, signal.SIGKILL)
                 pytest.fail("ray start --head did not come up: " + open(os.path.join(tmp, "head.log")).read()[-2000:])
             time.sleep(0.5)
-    yield url
+    yield url, f"127.0.0.1:{gcs}"
     # Only what we started: our `ray start` and its process group (raylet, GCS, dashboard, workers).
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -66,6 +66,7 @@ def numasweep(*args, cwd, timeout=120):
 
 
 def test_submit_status_logs(head, tmp_path):
+    head, _ = head
     (tmp_path / "spec.toml").write_text('label = "job"\n[sweep]\nc = 512\nub = 256\ntg = 32\n'
                                         '[backend]\nkind = "replay"\ndelay_s = 0.05\n')
     res = numasweep("submit", "spec.toml", "--address", head, "--store", "jobs.db", "--no-report", cwd=tmp_path)
@@ -88,6 +89,16 @@ def test_submit_status_logs(head, tmp_path):
     with Store.open(tmp_path / "jobs.db") as store:
         (run,) = store.runs()
         assert run["status"] == "ok" and run["label"] == "job" and store.count_points(run["id"]) == 2
+
+
+def test_run_joins_existing_cluster_with_address(head, tmp_path):
+    _, gcs = head
+    (tmp_path / "spec.toml").write_text('[sweep]\nc = 512\nub = 256\ntg = 32\n[backend]\nkind = "replay"\n')
+    res = numasweep("run", "spec.toml", "--address", gcs, "--no-report", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "run 1: ok (2 of 2 points" in res.stdout
+    with Store.open(tmp_path / "numasweep-results" / "numasweep.db") as store:
+        assert store.count_points() == 2
 
 
 def test_no_job_server_is_a_user_error(tmp_path):
