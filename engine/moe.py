@@ -363,3 +363,21 @@ def moe_ffn(h: np.ndarray, W: MoEWeights, cfg: MoEConfig, *, fused: bool,
             sd *= (1.0 / (1.0 + np.exp(-(h @ W.sh_gate_inp)))).astype(np.float32)[:, None]
         out += sd
     return out
+
+
+def grouped_gemm_q8_0(w3: np.ndarray, xq: np.ndarray, n_per_group: int, simd: str | None = None) -> np.ndarray:
+    """Per-group GEMM in one parallel kernel: out[g*n + t] = W[g] . X[g*n + t].
+
+    w3 (G, n_out, rb) u8 Q8_0 rows; xq (G*n, rb) u8 Q8_0 rows -> (G*n, n_out) f32. Used for
+    MLA's per-head W_kb^T q and W_vb o products (a group = a head).
+    """
+    G, n_out, rb = w3.shape
+    if xq.shape != (G * n_per_group, rb) or xq.dtype != np.uint8 or w3.dtype != np.uint8:
+        raise ValueError(f"grouped_gemm_q8_0: W {w3.shape} and X {xq.shape} do not fit {n_per_group} rows/group")
+    ex = np.arange(G, dtype=np.int64)
+    offs = np.arange(G + 1, dtype=np.int64) * n_per_group
+    out = np.empty((G * n_per_group, n_out), dtype=np.float32)
+    kernel = _moe_down_avx2 if (simd or _numba.SIMD) == "avx2" else _moe_down_scalar
+    kernel(np.ascontiguousarray(xq).reshape(-1), np.ascontiguousarray(w3).reshape(-1), rb, n_out, ex, offs,
+           out.reshape(-1))
+    return out
