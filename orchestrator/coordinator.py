@@ -201,9 +201,10 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
             if store.add_point(run_id, point):
                 stored += 1
                 done.setdefault(key_of[job.index], set()).add((point.rep, point.n_kv))
-                say(f"[{stored}/{expected}] {host.profile.name}/{slot.name} job {job.index} "
-                    f"n_kv={point.n_kv} rep={point.rep} S_PP={point.speed_pp:.2f} S_TG={point.speed_tg:.2f} t/s "
-                    f"noise={point.noise:.0%}")
+                if progress is not None:  # no formatting when nobody listens (ingest at scale)
+                    say(f"[{stored}/{expected}] {host.profile.name}/{slot.name} job {job.index} "
+                        f"n_kv={point.n_kv} rep={point.rep} S_PP={point.speed_pp:.2f} "
+                        f"S_TG={point.speed_tg:.2f} t/s noise={point.noise:.0%}")
         else:  # retry | failed | lost: keep the reason for the note
             problems[job.index] = f"{kind}: {payload}"
             say(f"job {job.index} on {by_job[job.index][0].profile.name}/{job.slot}: {kind}: {payload}")
