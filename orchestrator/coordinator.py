@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-from orchestrator.errors import NumasweepError
+from orchestrator.errors import NumasweepError, StoreError
 from orchestrator.jobs import HostInfo, HostLost, Job, JobFailed, SlotConfig, WorkerLost
 from orchestrator.point import Point
 from orchestrator.spec import SpecError, SweepSpec
@@ -147,6 +147,8 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
             jobs = plan_jobs(spec, host, slot, models, sum(len(p[3]) for p in plan))
             plan.append((host, host_id, slot, jobs))
 
+    if spec.backend.kind != "replay":  # replay reads no model
+        _ensure_models(models)
     if run_id is None:
         run_id = store.create_run(settings={"models": [m[1] for m in models], "placement": spec.placement.policy,
                                             "backend": spec.backend.kind, "repetitions": spec.repetitions,
@@ -172,10 +174,6 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
             todo.append((host, host_id, slot, left))
     expected = sum(len(set(j.expected()) - done.get(job_key(hid, j), set())) for _, hid, _, js in todo for j in js)
     say(f"run {run_id}: {len(hosts)} host(s), {len(plan)} slot(s), {expected} point(s) to measure")
-    if todo and spec.backend.kind != "replay":  # replay reads no model
-        from orchestrator.worker import ensure_model
-        for path, _name, shape, mseed in models:
-            ensure_model(path, shape, mseed)  # once here, not once per slot
 
     events: queue.Queue = queue.Queue()
     threads = [threading.Thread(target=_slot_loop, args=(executor, host, slot, jobs, events, max_attempts),
@@ -194,10 +192,14 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
             running -= 1
         elif kind == "row":
             host, host_id, slot = by_job[job.index]
-            point = Point.from_sweep_row(
-                _stable(payload["row"]), settings=settings_of[job.index], host_id=host_id, slot=slot.name,
-                placement=slot.placement, verified_cpus=payload["verified_cpus"],
-                verified_mems=payload["verified_mems"], noise=payload["noise"], simulated=host.simulated)
+            try:
+                point = Point.from_sweep_row(
+                    _stable(payload["row"]), settings=settings_of[job.index], host_id=host_id, slot=slot.name,
+                    placement=slot.placement, verified_cpus=payload["verified_cpus"],
+                    verified_mems=payload["verified_mems"], noise=payload["noise"], simulated=host.simulated)
+            except StoreError as exc:  # a backend printed a row we cannot store
+                problems[job.index] = f"bad row: {exc}"
+                continue
             if store.add_point(run_id, point):
                 stored += 1
                 done.setdefault(key_of[job.index], set()).add((point.rep, point.n_kv))
@@ -211,15 +213,7 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
     for t in threads:
         t.join()
 
-    missing, n_missing = [], 0
-    for host, host_id, slot, jobs in todo:
-        for j in jobs:
-            left = sorted(set(j.expected()) - done.get(job_key(host_id, j), set()))
-            if left:
-                n_missing += len(left)
-                kvs = sorted({kv for _, kv in left})
-                missing.append(f"{host.profile.name}/{slot.name} job {j.index} ({_describe(j)}): {len(left)} "
-                               f"point(s), n_kv {kvs[0]}..{kvs[-1]} [{problems.get(j.index, 'unknown')}]")
+    missing, n_missing = _missing(todo, done, key_of, problems)
     if not missing:
         status, note = "ok", None
     else:
@@ -229,6 +223,31 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
     say(f"run {run_id}: {status}, {stored} point(s) stored in {time.monotonic() - t0:.1f} s"
         + (f"; {note}" if note else ""))
     return RunResult(run_id, status, stored, expected, tuple(missing), note)
+
+
+def _ensure_models(models) -> None:
+    """Generate synthetic models here once, before the run exists (workers elsewhere do their own)."""
+    from orchestrator.worker import ensure_model
+
+    for path, _name, shape, seed in models:
+        try:
+            ensure_model(path, shape, seed)
+        except JobFailed as exc:
+            raise SpecError(f"model shape {shape!r}: {exc}") from None
+
+
+def _missing(todo, done: dict, key_of: dict, problems: dict) -> tuple[list[str], int]:
+    """One line per job with points still missing, and how many points that is."""
+    lines, total = [], 0
+    for host, _host_id, slot, jobs in todo:
+        for j in jobs:
+            left = sorted(set(j.expected()) - done.get(key_of[j.index], set()))
+            if left:
+                total += len(left)
+                kvs = sorted({kv for _, kv in left})
+                lines.append(f"{host.profile.name}/{slot.name} job {j.index} ({_describe(j)}): {len(left)} "
+                             f"point(s), n_kv {kvs[0]}..{kvs[-1]} [{problems.get(j.index, 'unknown')}]")
+    return lines, total
 
 
 # Row keys that are neither Point fields nor settings: measurements the Point cannot hold.
