@@ -16,7 +16,7 @@ from engine.errors import EngineError
 from engine.model import load_model, stderr_log
 from engine.q8_0_r8 import K_REPACK_MODES
 from engine.sweep import TABLE_HEADER, TABLE_RULE, SweepConfig, format_jsonl, main_line, sweep
-from engine.synth import SHAPES, WTYPES, make_model
+from engine.synth import ALL_SHAPES, WTYPES, make_model
 
 OUTPUT_FORMATS = ("md", "table", "jsonl")
 
@@ -55,6 +55,14 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                         "(>= 8 tokens, K rows % 8 == 0), on = every PP batch, off = never (default auto)")
     p.add_argument("-rtr", "--run-time-repack", action="store_true",
                    help="repack Q8_0 weight matrices (not token_embd) to Q8_0_R8 at load (no mmap)")
+    # MoE / DeepSeek-2 (engine.moe, engine.mla); accepted and recorded for every model, no effect on llama/qwen2
+    p.add_argument("-fmoe", "--fused-moe", action="store_true",
+                   help="fused MoE expert kernels (gate+up+SwiGLU in one pass, then down)")
+    p.add_argument("-mla", "--mla-use", type=int, default=0, choices=(0, 1, 2, 3),
+                   help="deepseek2 attention: 0 decompress K/V from c^KV, 1/2 absorbed (same here), "
+                        "3 absorbed for TG + decompressed for PP (default 0)")
+    p.add_argument("-amb", "--attention-max-batch", type=int, default=0, metavar="MiB",
+                   help="cap the MLA attention scratch per head group at this many MiB (0 = no cap)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -70,6 +78,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     model = load_model(args.model, n_ctx=cfg.n_ctx, type_k=args.cache_type_k, type_v=args.cache_type_v,
                        flash_attn=flash, n_threads=args.threads, n_threads_batch=args.threads_batch,
                        k_repack=args.k_repack, rtr=args.run_time_repack,
+                       fused_moe=args.fused_moe, mla=args.mla_use, amb=args.attention_max_batch,
                        log=info)
     c = model.config
     info(f"model: {c.name} arch={c.arch} params={model.n_params / 1e6:.1f}M "
@@ -79,6 +88,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     info(f"engine: n_ctx={cfg.n_ctx} ubatch={cfg.n_ubatch} tg={cfg.tg} threads={model.n_threads} "
          f"threads_batch={model.n_threads_batch} type_k={args.cache_type_k} type_v={args.cache_type_v} "
          f"flash_attn={int(flash)} k_repack={args.k_repack} rtr={int(args.run_time_repack)} "
+         f"fmoe={int(args.fused_moe)} mla={args.mla_use} amb={args.attention_max_batch} "
          f"simd={_numba.SIMD} cpu={_numba.CPU_NAME} "
          f"kv_cache={model.cache.nbytes / 2**20:.1f} MiB")
     info(main_line(model, cfg))
@@ -90,6 +100,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _weight_types(model) -> str:
+    if hasattr(model, "weight_types"):          # MoE / deepseek2 models name their own
+        return model.weight_types()
     kinds = sorted({w.source_type for L in model.weights.layers for w in (L.wq, L.w_up, L.w_down)})
     return "+".join(kinds)
 
@@ -107,11 +119,12 @@ def register(sub) -> None:
     add_bench_arguments(b)
     b.set_defaults(func=cmd_bench)
     m = sub.add_parser("make-model", help="write a synthetic GGUF model (random weights, real format)")
-    m.add_argument("--shape", default="tiny", help=f"named shape: {', '.join(SHAPES)}")
+    m.add_argument("--shape", default="tiny", help=f"named shape: {', '.join(ALL_SHAPES)}")
     m.add_argument("-o", "--output", required=True, help="output .gguf path")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--wtype", default="q8_0", help=f"weight type: {', '.join(WTYPES)}")
-    m.add_argument("--arch", default=None, help="llama (default) or qwen2")
+    m.add_argument("--arch", default=None,
+                   help="llama (default) or qwen2; for moe-* shapes qwen2moe (default) or llama (mixtral-style)")
     m.add_argument("--tied", action="store_true", help="tie the output matrix to token_embd")
     for flag in ("dim", "layers", "heads", "kv-heads", "ffn", "vocab"):
         m.add_argument(f"--{flag}", type=int, default=None)

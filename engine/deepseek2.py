@@ -27,6 +27,10 @@ cancelling the magnitude correction inside rope_yarn.
   TG, and decompressed for PP batches (ik's "FlashMLA-3": cheap TG from the
   compressed cache, fewer FLOPs per head for PP).
 
+``--k-repack`` applies to the decompressed path (its materialized K is an ordinary
+q8_0 K for engine.attention, so PP batches of >= 8 tokens can read it as Q8_0_R8);
+the absorbed path has its own kernel and never repacks.
+
 The cache is the same c^KV in every mode, so modes can be compared on one file.
 Attention weights: ``attn_kv_b`` ([kv_lora_rank, n_head*(nope+v)]) or the split
 ``attn_k_b`` ([nope, kv_lora_rank, n_head]) + ``attn_v_b`` ([kv_lora_rank, v, n_head])
@@ -52,6 +56,7 @@ from engine.model import EngineOptions, Model, _embed, _matmul
 from engine.moe import GATING, Experts, MoEConfig, MoEWeights, grouped_gemm_q8_0, load_moe_weights, moe_ffn
 from engine.moe import _experts as _load_3d
 from engine.ops import rmsnorm, rope_cache, rope_inplace, swiglu
+from engine.q8_0_r8 import RepackScratch
 from engine.quant import dequantize_q8_0, quantize_q8_0
 
 MLA3_DECOMPRESS_MIN = 2
@@ -303,6 +308,8 @@ class DeepSeek2Model(Model):
         self.n_threads = options.n_threads or _numba.max_threads()
         self.n_threads_batch = options.n_threads_batch or self.n_threads
         self._yarn = c.rope_scaling == "yarn"
+        self.repack_scratch = RepackScratch()       # --k-repack scratch of the decompressed PP path
+        self.rtr_report = None                      # -rtr is not applied to deepseek2 (see load_deepseek2)
 
     # -- facts for headers and reports -------------------------------------------------
     @property
@@ -363,6 +370,7 @@ class DeepSeek2Model(Model):
             raise EngineError(f"eval: positions up to {pos + n} exceed n_ctx {self.cache.n_ctx}")
         threads = self.n_threads if n == 1 else self.n_threads_batch
         _numba.set_threads(threads)
+        self.repack_scratch.reset()
         cos, sin = rope_cache(np.arange(pos, pos + n), c.n_rot, c.rope_freq_base, c.rope_freq_scale,
                               1.0 if self._yarn else 0.0, c.rope_attn_factor, c.rope_n_ctx_orig)
         H, nope, rot, rank, dv = c.n_head, c.nope, c.n_rot, c.kv_lora_rank, c.v_dim
@@ -406,7 +414,8 @@ class DeepSeek2Model(Model):
                     return _mm(w, cc)
 
                 a = decompressed_attention(q, self.cache, li, pos, kv_rows, nope=nope, dv=dv, flash=flash,
-                                           scale=c.kq_scale, amb_bytes=amb << 20)
+                                           scale=c.kq_scale, amb_bytes=amb << 20, attention_kw=dict(
+                                               k_repack=self.options.k_repack, scratch=self.repack_scratch))
             a2 = np.ascontiguousarray(a.reshape(n, H * dv))
             x += _mm(L.wo, a2)
             h = rmsnorm(x, L.ffn_norm, c.rms_eps)
@@ -432,4 +441,6 @@ def load_deepseek2(reader, path: str, opts: EngineOptions, log=None, t0: float |
     if opts.type_k == "q8_0" and (cfg.kv_lora_rank % 32 or cfg.n_rot % 32):
         raise EngineError(f"-ctk q8_0: kv_lora_rank {cfg.kv_lora_rank} and rope dims {cfg.n_rot} must be "
                           "multiples of 32")
+    if getattr(opts, "rtr", False) and log:
+        log("-rtr: not applied to deepseek2 (expert and per-head tensors stay Q8_0)")
     return DeepSeek2Model(path, cfg, weights, opts, time.perf_counter() - t0)

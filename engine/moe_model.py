@@ -158,7 +158,8 @@ class MoEModel(Model):
         _numba.set_threads(self.n_threads if n == 1 else self.n_threads_batch)
         cos, sin = rope_cache(np.arange(pos, pos + n), c.n_rot, c.rope_freq_base, c.rope_freq_scale,
                               1.0 if self._yarn else 0.0, 1.0, c.rope_n_ctx_orig)
-        fused = bool(getattr(self.options, "fused_moe", False))
+        fused = bool(self.options.fused_moe)
+        self.repack_scratch.reset()
         x = _embed(self.weights.token_embd, tokens)                      # (n, n_embd) f32
         for li, L in enumerate(self.weights.layers):
             h = rmsnorm(x, L.attn_norm, c.rms_eps)
@@ -171,7 +172,8 @@ class MoEModel(Model):
             rope_inplace(q3, cos, sin, c.n_rot, c.rope_neox)
             rope_inplace(k.reshape(n, c.n_head_kv, c.head_dim), cos, sin, c.n_rot, c.rope_neox)
             self.cache.store(li, pos, k, v)
-            a2 = attention(q3, self.cache, li, pos, flash=self.options.flash_attn).reshape(n, -1)
+            a2 = attention(q3, self.cache, li, pos, flash=self.options.flash_attn,
+                           k_repack=self.options.k_repack, scratch=self.repack_scratch).reshape(n, -1)
             x += _matmul(L.wo, a2, quantize_q8_0(a2) if L.wo.kind == "q8_0" else None)
             x += moe_ffn(rmsnorm(x, L.ffn_norm, c.rms_eps), L.moe, self.moe, fused=fused)
         self.cache.commit(pos, n)
@@ -189,4 +191,6 @@ def load_moe_llama(reader, path: str, opts: EngineOptions, log=None, t0: float |
     weights = load_moe_llama_weights(reader, cfg, mcfg, path, log=log)
     if cfg.n_vocab == 0:
         cfg = ModelConfig(**{**cfg.__dict__, "n_vocab": weights.token_embd.n_out})
+    if opts.rtr and log:
+        log("-rtr: not applied to MoE models (the 3-D expert tensors stay Q8_0)")
     return MoEModel(path, cfg, mcfg, weights, opts, time.perf_counter() - t0)

@@ -161,3 +161,23 @@ def test_seed_log_hyper_parameters(tmp_path):
     assert c.kq_scale == pytest.approx((1 + 0.1 * math.log(40)) ** 2 / math.sqrt(192))
     # c^KV per token per layer in q8_0: (512 + 64)/32 * 34 bytes; the seed's 32k cache = 1166.6 MiB
     assert 61 * 32768 * (512 + 64) // 32 * 34 / 2**20 == pytest.approx(1166.62, abs=0.01)
+
+
+def test_bench_cli_deepseek2_flags(model_factory, capsys):
+    from engine.cli import main
+    path = model_factory("deepseek2-tiny", seed=5)
+    rc = main(["bench", "-m", str(path), "-c", "32", "-ub", "16", "-n", "2", "-ctk", "q8_0", "-mla", "3", "-fa",
+               "-fmoe", "-amb", "64"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "arch=deepseek2" in out and "fmoe=1 mla=3 amb=64" in out
+    assert sum(line.startswith("|    16 |") for line in out.splitlines()) == 2
+
+
+def test_llama_accepts_moe_flags_without_effect(micro_model):
+    a = load_model(micro_model, n_ctx=16).eval([1, 2, 3], 0)
+    m = load_model(micro_model, n_ctx=16, fused_moe=True, mla=3, amb=16)
+    assert (m.options.fused_moe, m.options.mla, m.options.amb) == (True, 3, 16)
+    np.testing.assert_array_equal(m.eval([1, 2, 3], 0), a)
+    with pytest.raises(EngineError, match="-mla"):
+        load_model(micro_model, n_ctx=16, mla=4)
