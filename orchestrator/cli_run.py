@@ -54,7 +54,9 @@ def _executor(args: argparse.Namespace, spec: SweepSpec):
     if address or os.environ.get("RAY_ADDRESS"):  # inside a Ray Job the cluster is given
         ray_backend.connect(address)
     else:
-        ray_backend.start_local()
+        local = ray_backend.start_local(dashboard=args.dashboard)
+        if local.dashboard_url:
+            print(f"Ray dashboard: {local.dashboard_url}", flush=True)
     ex = ray_backend.RayExecutor()
 
     def stop() -> None:
@@ -189,6 +191,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--address", default=None,
                        help="Ray cluster to join (default: start an embedded Ray on 127.0.0.1)")
         p.add_argument("--no-ray", action="store_true", help="run the slots as local pinned processes, no Ray")
+        p.add_argument("--dashboard", action="store_true", help="embedded Ray: also start its dashboard (127.0.0.1)")
         p.add_argument("--no-report", action="store_true", help="do not write the HTML/Markdown report")
         p.add_argument("-q", "--quiet", action="store_true", help="no live progress lines")
 

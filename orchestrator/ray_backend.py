@@ -43,8 +43,8 @@ MAX_RESTARTS = 3
 
 
 def start_local(*, num_cpus: int | None = None, temp_dir: str | None = None, object_store_mb: int = 96,
-                dashboard: bool = False, dashboard_port: int | None = None) -> str:
-    """Start an embedded Ray on loopback; returns its GCS address."""
+                dashboard: bool = False, dashboard_port: int | None = None) -> LocalRay:
+    """Start an embedded Ray on loopback."""
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="nsw-ray-")  # short: Ray puts sockets in it
     kwargs = {}
     if dashboard_port is not None:
@@ -53,7 +53,14 @@ def start_local(*, num_cpus: int | None = None, temp_dir: str | None = None, obj
                    object_store_memory=object_store_mb * 2**20, _temp_dir=temp_dir,
                    include_dashboard=dashboard, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
                    logging_level=logging.WARNING, log_to_driver=True, **kwargs)
-    return ctx.address_info["gcs_address"]
+    url = ctx.dashboard_url
+    return LocalRay(ctx.address_info["gcs_address"], f"http://{url}" if url else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalRay:
+    gcs_address: str
+    dashboard_url: str | None  # None without the dashboard
 
 
 def connect(address: str | None) -> None:
