@@ -184,7 +184,7 @@ class _RaySlot:
             raise JobFailed(f"slot {self.slot.name}: {type(cause).__name__}: {cause}") from None
         except ray.exceptions.ActorUnschedulableError as exc:
             raise HostLost(f"Ray node {self.host.key[:8]} ({self.host.profile.name}) is gone: {exc}") from None
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+        except ray.exceptions.RayError as exc:  # actor died / unavailable, object lost with its node
             if not _alive(self.host.key):
                 raise HostLost(f"Ray node {self.host.key[:8]} ({self.host.profile.name}) left the cluster") from None
             raise WorkerLost(f"slot {self.slot.name}: worker actor died ({type(exc).__name__})") from None
