@@ -140,9 +140,10 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
         raise SpecError("no host matches [hosts] (labels "
                         f"{dict(spec.hosts.labels) or 'any'}, profiles {list(spec.hosts.profiles) or 'any'})")
     plan: list[tuple[HostInfo, int, SlotConfig, list[Job]]] = []
-    for host in hosts:
-        host_id = store.upsert_host(fingerprint=host.profile.fingerprint, profile=host.profile.to_json(),
-                                    name=host.profile.name, simulated=host.simulated)
+    for host, name in zip(hosts, _host_names(hosts)):
+        # Identical machines share a profile fingerprint; the store row is per machine.
+        host_id = store.upsert_host(fingerprint=f"{host.profile.fingerprint}:{name}",
+                                    profile=host.profile.to_json(), name=name, simulated=host.simulated)
         for slot in plan_slots(host, spec):
             jobs = plan_jobs(spec, host, slot, models, sum(len(p[3]) for p in plan))
             plan.append((host, host_id, slot, jobs))
@@ -223,6 +224,14 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
     say(f"run {run_id}: {status}, {stored} point(s) stored in {time.monotonic() - t0:.1f} s"
         + (f"; {note}" if note else ""))
     return RunResult(run_id, status, stored, expected, tuple(missing), note)
+
+
+def _host_names(hosts: list[HostInfo]) -> list[str]:
+    """Profile names (hostnames when detected); repeated ones (simulated nodes) get their node key."""
+    count: dict[str, int] = {}
+    for h in hosts:
+        count[h.profile.name] = count.get(h.profile.name, 0) + 1
+    return [h.profile.name if count[h.profile.name] == 1 else f"{h.profile.name}@{h.key[:8]}" for h in hosts]
 
 
 def _ensure_models(models) -> None:

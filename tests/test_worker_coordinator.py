@@ -62,3 +62,23 @@ def test_no_matching_host_is_a_spec_error(tmp_path):
     with Store.open(spec.store) as store, pytest.raises(SpecError, match="no host matches"):
         run_sweep(spec, LocalExecutor(), store)
     assert os.path.exists(spec.store)
+
+
+class TwinExecutor(LocalExecutor):
+    """Two simulated nodes with the same saved profile (a fleet of identical machines)."""
+
+    def hosts(self):
+        return [HostInfo(key=k, profile=load_profile("dev-vm"), labels={}, simulated=True, real_cpus=(0,),
+                         real_nodes=(0,)) for k in ("aaaaaaaa1", "bbbbbbbb2")]
+
+
+def test_identical_hosts_keep_their_own_points(tmp_path):
+    spec = SweepSpec.from_dict({"store": str(tmp_path / "s.db"), "backend": {"kind": "replay"},
+                                "sweep": {"c": 512, "ub": 256}})
+    with Store.open(spec.store) as store:
+        res = run_sweep(spec, TwinExecutor(), store)
+        pts = store.points(res.run_id)
+        hosts = store.hosts()
+    assert res.status == "ok" and len(pts) == 4  # 2 hosts x 2 rows, none taken for a duplicate
+    assert sorted(h["name"] for h in hosts) == ["dev-vm@aaaaaaaa", "dev-vm@bbbbbbbb"]
+    assert len({p["host_id"] for p in pts}) == 2
