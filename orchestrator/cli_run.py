@@ -6,6 +6,7 @@ the embedded default main job (tiny model, this host, local Ray, k_repack on/off
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -38,7 +39,6 @@ def _spec(args: argparse.Namespace) -> SweepSpec:
 
 
 def _with_store(spec: SweepSpec, store: str) -> SweepSpec:
-    import dataclasses
     return dataclasses.replace(spec, store=store)
 
 
@@ -127,7 +127,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if run["source"] != "numasweep" or not run["spec"]:
         raise RunError(f"run {args.run_id} was imported ({run['source']}), not measured: nothing to resume")
     spec = _with_store(SweepSpec.from_dict(run["spec"], base=Path(run["settings"].get("spec_dir", "."))), store_path)
-    args.spec = None
     return _execute(args, spec, args.run_id)
 
 
