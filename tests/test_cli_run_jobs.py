@@ -3,6 +3,7 @@ by this test with its own temp dir and explicit ports, and stopped by its proces
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -58,6 +59,7 @@ def head():
     # Only what we started: our `ray start` and its process group (raylet, GCS, dashboard, workers).
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def numasweep(*args, cwd, timeout=120):

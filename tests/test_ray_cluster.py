@@ -4,6 +4,7 @@ pinned onto this machine's real CPUs; a host that leaves mid-run makes the run p
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -44,6 +45,7 @@ def cluster():
     yield c
     ray.shutdown()
     c.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
     if old is None:
         os.environ.pop("RAY_TMPDIR", None)
     else:

@@ -3,6 +3,7 @@ process or of the worker actor re-runs only what is missing (exact stored-point 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -29,6 +30,7 @@ def ray_local():
     ray_backend.start_local(temp_dir=tmp)
     yield
     ray_backend.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def spec(tmp_path, delay=0.0, c=1024, **sweep):
