@@ -50,7 +50,7 @@ def bench_actor(args: argparse.Namespace) -> None:
                                           "flash_attn": True, "k_repack": args.k_repack}})
     models = model_paths(spec, Path("numasweep-results/models"))
     ensure_model(models[0][0], models[0][2], models[0][3])
-    ray_backend.start_local()
+    local = ray_backend.start_local()
     executor = ray_backend.RayExecutor()
     (host,) = executor.hosts()
     slot = plan_slots(host, spec)[0]
@@ -68,7 +68,7 @@ def bench_actor(args: argparse.Namespace) -> None:
             print(f"round {r + 1}: bare S_TG {_mean(bare[-1], 'speed_tg'):.2f}, "
                   f"ray S_TG {_mean(ray_rows[-1], 'speed_tg'):.2f} t/s")
     executor.close()
-    ray_backend.shutdown()
+    ray_backend.shutdown(local)
     print("\n|   N_KV | S_PP bare | S_PP ray | ratio | S_TG bare | S_TG ray | ratio |")
     print("|--------|-----------|----------|-------|-----------|----------|-------|")
     ratios = {"speed_pp": [], "speed_tg": []}

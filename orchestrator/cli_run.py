@@ -51,6 +51,7 @@ def _executor(args: argparse.Namespace, spec: SweepSpec):
     from orchestrator import ray_backend
 
     address = args.address or spec.address
+    local = None
     if address or os.environ.get("RAY_ADDRESS"):  # inside a Ray Job the cluster is given
         ray_backend.connect(address)
     else:
@@ -61,7 +62,7 @@ def _executor(args: argparse.Namespace, spec: SweepSpec):
 
     def stop() -> None:
         ex.close()
-        ray_backend.shutdown()
+        ray_backend.shutdown(local)
     return ex, stop
 
 

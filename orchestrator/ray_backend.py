@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -45,7 +46,8 @@ MAX_RESTARTS = 3
 def start_local(*, num_cpus: int | None = None, temp_dir: str | None = None, object_store_mb: int = 96,
                 dashboard: bool = False, dashboard_port: int | None = None) -> LocalRay:
     """Start an embedded Ray on loopback."""
-    temp_dir = temp_dir or tempfile.mkdtemp(prefix="nsw-ray-")  # short: Ray puts sockets in it
+    own = None if temp_dir else tempfile.mkdtemp(prefix="nsw-ray-")  # short: Ray puts sockets in it
+    temp_dir = temp_dir or own
     kwargs = {}
     if dashboard_port is not None:
         kwargs["dashboard_port"] = dashboard_port
@@ -54,13 +56,14 @@ def start_local(*, num_cpus: int | None = None, temp_dir: str | None = None, obj
                    include_dashboard=dashboard, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
                    logging_level=logging.WARNING, log_to_driver=True, **kwargs)
     url = ctx.dashboard_url
-    return LocalRay(ctx.address_info["gcs_address"], f"http://{url}" if url else None)
+    return LocalRay(ctx.address_info["gcs_address"], f"http://{url}" if url else None, own)
 
 
 @dataclasses.dataclass(frozen=True)
 class LocalRay:
     gcs_address: str
     dashboard_url: str | None  # None without the dashboard
+    temp_dir: str | None       # ours to remove at shutdown (None: the caller's)
 
 
 def connect(address: str | None) -> None:
@@ -68,8 +71,10 @@ def connect(address: str | None) -> None:
     ray.init(address=address or "auto", logging_level=logging.WARNING)
 
 
-def shutdown() -> None:
+def shutdown(local: LocalRay | None = None) -> None:
     ray.shutdown()
+    if local is not None and local.temp_dir:
+        shutil.rmtree(local.temp_dir, ignore_errors=True)
 
 
 # -- actors (plain classes, wrapped below) -------------------------------------
