@@ -51,6 +51,7 @@ import numpy as np
 from engine import _numba
 from engine.errors import EngineError, GGUFError
 from engine.gguf_model import Weight, _field_value, _matrix, _vector
+from engine.matmul import gemm_f32, gemm_q8_0
 from engine.mla import MLACache, absorbed_attention, decompressed_attention
 from engine.model import EngineOptions, Model, _embed, _matmul
 from engine.moe import GATING, Experts, MoEConfig, MoEWeights, grouped_gemm_q8_0, load_moe_weights, moe_ffn
@@ -408,10 +409,11 @@ class DeepSeek2Model(Model):
                 wkv_b = L.wkv_b
                 width = nope + dv
 
-                def kv_rows(h0, h1, cc, wkv_b=wkv_b, width=width):
-                    w = Weight(wkv_b.kind, wkv_b.data[h0 * width:h1 * width], (h1 - h0) * width,
-                               wkv_b.n_in, wkv_b.source_type)
-                    return _mm(w, cc)
+                def kv_rows(h0, h1, cc, cq, wkv_b=wkv_b, width=width):
+                    rows = wkv_b.data[h0 * width:h1 * width]
+                    if wkv_b.kind == "q8_0":
+                        return gemm_q8_0(rows, cq if cq is not None else quantize_q8_0(cc))
+                    return gemm_f32(rows, cc)
 
                 a = decompressed_attention(q, self.cache, li, pos, kv_rows, nope=nope, dv=dv, flash=flash,
                                            scale=c.kq_scale, amb_bytes=amb << 20, attention_kw=dict(

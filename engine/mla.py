@@ -309,8 +309,9 @@ def decompressed_attention(q: np.ndarray, cache: MLACache, layer: int, pos0: int
                            attention_kw: dict | None = None) -> np.ndarray:
     """Materialize per-head K/V from c^KV and run engine.attention per head group.
 
-    q: (n_q, n_head, nope + n_rot) f32 (rope applied); kv_b_rows(h0, h1, c) -> (n_kv, (h1-h0)*(nope+dv))
-    f32, the GEMM of c (n_kv, rank) with attn_kv_b's rows for heads [h0, h1). Returns (n_q, n_head, dv).
+    q: (n_q, n_head, nope + n_rot) f32 (rope applied); kv_b_rows(h0, h1, c, cq) -> (n_kv, (h1-h0)*(nope+dv))
+    f32, the GEMM of c (n_kv, rank) f32 / cq its Q8_0 rows (or None) with attn_kv_b's rows for heads
+    [h0, h1). Returns (n_q, n_head, dv).
     """
     n_q, n_head, dk = q.shape
     n_kv = pos0 + n_q
@@ -318,12 +319,18 @@ def decompressed_attention(q: np.ndarray, cache: MLACache, layer: int, pos0: int
     C = cache.c_rows_f32(layer, n_kv)
     c = np.ascontiguousarray(C[:, :cache.rank])
     k_pe = C[:, cache.rank:]
+    # Q8_0 rows of c for the GEMMs: a q8_0 cache's own bytes (requantizing its values would give
+    # the same bytes), else quantized once for all head groups
+    if cache.type_k == "q8_0":
+        cq = np.ascontiguousarray(cache.k[layer][:n_kv, :cache.rank // 32 * 34])
+    else:
+        cq = quantize_q8_0(c) if cache.rank % 32 == 0 else None
     out = np.empty((n_q, n_head, dv), dtype=np.float32)
     gh = decompressed_group_size(n_head, n_q, n_kv, dk, dv, flash, amb_bytes)
     for h0 in range(0, n_head, gh):
         h1 = min(n_head, h0 + gh)
         g = h1 - h0
-        kv = kv_b_rows(h0, h1, c).reshape(n_kv, g, nope + dv)
+        kv = kv_b_rows(h0, h1, c, cq).reshape(n_kv, g, nope + dv)
         K = np.empty((n_kv, g, nope + rot), dtype=np.float32)
         K[:, :, :nope] = kv[:, :, :nope]
         K[:, :, nope:] = k_pe[:, None, :]
