@@ -17,7 +17,7 @@ from gguf import GGUFWriter, RopeScalingType
 
 import reference as ref
 import reference_moe as rm
-from engine import load_model
+from engine import _numba, load_model
 from engine.deepseek2 import DeepSeek2Config
 from engine.errors import EngineError
 from engine.gguf_model import open_gguf
@@ -73,16 +73,21 @@ def _random_cache(rng, n_kv, rank=64, rot=32, type_k="f32"):
     return c
 
 
-@pytest.mark.parametrize("type_k", ["f32", "f16", "q8_0"])
+SIMD_CASES = [("f32", "scalar"), ("f16", "scalar"), ("q8_0", "scalar")]
+if _numba.SIMD == "avx2":
+    SIMD_CASES += [("f16", "avx2"), ("q8_0", "avx2")]
+
+
+@pytest.mark.parametrize("type_k,simd", SIMD_CASES)
 @pytest.mark.parametrize("flash", [False, True])
-def test_absorbed_attention_head_groups_and_reference(type_k, flash):
+def test_absorbed_attention_head_groups_and_reference(type_k, simd, flash):
     rng = np.random.default_rng(1)
     n_q, H, n_kv = 3, 6, 70
     cache = _random_cache(rng, n_kv, type_k=type_k)
     q = rng.standard_normal((n_q, H, 96)).astype(np.float32)
     pos0 = n_kv - n_q
-    whole = absorbed_attention(q, cache, 0, pos0, flash=flash, scale=0.1)
-    one = absorbed_attention(q, cache, 0, pos0, flash=flash, scale=0.1, amb_bytes=1)   # 1 head per item
+    whole = absorbed_attention(q, cache, 0, pos0, flash=flash, scale=0.1, simd=simd)
+    one = absorbed_attention(q, cache, 0, pos0, flash=flash, scale=0.1, amb_bytes=1, simd=simd)  # 1 head/item
     assert ref.rel_err(one, whole) < 1e-6
     C = cache.c_rows_f32(0, n_kv).astype(np.float64)
     for i in range(n_q):
