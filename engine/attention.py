@@ -26,7 +26,8 @@ from numba import njit, prange
 
 from engine import _numba
 from engine._numba import NJIT, PARALLEL
-from engine._simd import f16_to_f32, q8_tile_1x1, q8_tile_4x1, q8_tile_4x2
+from engine._simd import f16_to_f32, f32_from_bits, q8_tile_1x1, q8_tile_4x1, q8_tile_4x2
+from engine._simd_f32 import pv_tile_1x2, pv_tile_4x2, q8_0_to_f32
 from engine.kvcache import KVCache
 from engine.matmul import dot_q8_0_scalar
 from engine.q8_0_r8 import (RepackScratch, _scores_r8_avx2, _scores_r8_scalar, k_repack_applies,
@@ -36,6 +37,23 @@ from engine.quant import f16_bits_to_f32, quantize_q8_0
 QUERY_BLOCK = 8
 FLASH_CHUNK = 64
 _TYPE_CODE = {"f32": 0, "f16": 1, "q8_0": 2}
+
+
+@njit(inline="always", **NJIT)
+def _exp_f32(x):
+    # exp(x) for x <= 0 in f32 without a libm call (so loops over it vectorize): Cephes
+    # expf's range reduction and polynomial, max relative error ~1e-7 vs exp; x < -87
+    # (where exp underflows anyway) is clamped to -87.
+    x = max(x, np.float32(-87.0))
+    n = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    return (p * r * r + r + np.float32(1.0)) * f32_from_bits(np.uint32((np.int32(n) + 127) << 23))
 
 
 @njit(**NJIT)
@@ -98,6 +116,8 @@ def _rows_to_f32(avx2, af, ab, atype, row_bytes, head, hd, p0, cnt, buf):
                 _f16_run_avx2(buf, p * hd, ab, pos * row_bytes + head * hd * 2, hd)
             else:
                 _f16_run_scalar(buf, p * hd, ab, pos * row_bytes + head * hd * 2, hd)
+        elif avx2:
+            q8_0_to_f32(buf, p * hd, ab, pos * row_bytes + head * (hd // 32) * 34, hd // 32)
         else:
             base = pos * row_bytes + head * (hd // 32) * 34
             for b in range(hd // 32):
@@ -162,10 +182,14 @@ def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
                         a += q[i0 + qi, h, d] * kbuf[p * hd + d]
                     s[col * CH + p] = a
         _rows_to_f32(avx2, vf, vb, vtype, vrow, kvh, hdv, p0, cnt, vbuf)
+        tiled = avx2 and hdv % 16 == 0   # P.V with register tiles (engine._simd_f32)
         for col in range(ncol):
             qi = col // g
             lim = min(cnt, pos0 + i0 + qi + 1 - p0)  # causal: positions <= pos0+i0+qi
             if lim <= 0:
+                if tiled:
+                    for p in range(cnt):
+                        s[col * CH + p] = 0.0
                 continue
             mx = m[col]
             for p in range(lim):
@@ -178,12 +202,33 @@ def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
                 l[col] *= corr
                 for d in range(hdv):
                     acc[col, d] *= corr
-            for p in range(lim):
-                e = np.exp(s[col * CH + p] - mx)
-                l[col] += e
-                for d in range(hdv):
-                    acc[col, d] += e * vbuf[p * hdv + d]
+            if tiled:   # probabilities into s (0 past the causal limit); P.V below
+                sv = s[col * CH:col * CH + lim]   # a view: LLVM vectorizes sv[p] (not s[base+p])
+                for p in range(lim):
+                    sv[p] = _exp_f32(sv[p] - mx)
+                ls = l[col]
+                for p in range(lim):
+                    ls += sv[p]
+                l[col] = ls
+                for p in range(lim, cnt):
+                    s[col * CH + p] = 0.0
+            else:
+                for p in range(lim):
+                    e = np.exp(s[col * CH + p] - mx)
+                    l[col] += e
+                    for d in range(hdv):
+                        acc[col, d] += e * vbuf[p * hdv + d]
             m[col] = mx
+        if tiled:
+            col = 0
+            while col < ncol:
+                four = col + 4 <= ncol
+                for d0 in range(0, hdv, 16):
+                    if four:
+                        pv_tile_4x2(acc, col * hdv + d0, hdv, s, col * CH, CH, vbuf, d0, hdv, cnt)
+                    else:
+                        pv_tile_1x2(acc, col * hdv + d0, hdv, s, col * CH, CH, vbuf, d0, hdv, cnt)
+                col += 4 if four else 1
     for col in range(ncol):
         qi = col // g
         h = kvh * g + (col - qi * g)
