@@ -5,8 +5,10 @@
     .venv/bin/python bench/deepseek2.py --smoke           # tiny model, short context: checks the script
 
 1. Generates (or reuses) the synthetic models under bench/.models/ (make_model, seed 0).
-2. Runs ``python -m engine bench -m M -c CTX -ub UB -t T -ctk q8_0 -mla 3 -fa -fmoe -amb 1024``
-   (the seed's flags) as separate processes, with ``--k-repack on`` and ``off`` alternated
+2. Runs ``python -m engine bench -m M -c CTX -ub UB -t T -ctk q8_0 -mla 3 -fa -fmoe -amb 1024 --no-mmap``
+   (the seed's flags; --no-mmap because this VM's DAMON pages out cold file pages, and a MoE
+   TG leaves the unselected experts cold: mmap'd TG rows then measure disk refaults) as
+   separate processes, with ``--k-repack on`` and ``off`` alternated
    A B A B (``--reps`` each), and prints per N_KV: mean S_PP and S_TG of both, the on/off
    ratio, TG effective GB/s (weight bytes read per token, i.e. dense + shared + the
    expert_used_count routed experts, x S_TG) and the repack scratch of the row (MiB).
@@ -30,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine import _numba, load_model, make_model  # noqa: E402
 
-SEED_FLAGS = ["-ctk", "q8_0", "-mla", "3", "-fa", "-fmoe", "-amb", "1024"]
+SEED_FLAGS = ["-ctk", "q8_0", "-mla", "3", "-fa", "-fmoe", "-amb", "1024", "--no-mmap"]
 
 
 def model_path(shape: str) -> Path:
@@ -94,7 +96,7 @@ def modes(args, raw: list) -> None:
     table: dict[tuple, dict[int, dict]] = {}
     for mla in (0, 1, 3):
         for fmoe in (False, True):
-            flags = ["-ctk", "q8_0", "-fa", "-mla", str(mla)] + (["-fmoe"] if fmoe else [])
+            flags = ["-ctk", "q8_0", "-fa", "--no-mmap", "-mla", str(mla)] + (["-fmoe"] if fmoe else [])
             out = run_sweep(path, ctx, args.ub, args.threads, flags, args.tg)
             table[(mla, fmoe)] = {r["n_kv"]: r for r in out}
             raw.extend({"shape": "deepseek2-tiny", "mla": mla, "fmoe": fmoe, **r} for r in out)

@@ -63,6 +63,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                         "3 absorbed for TG + decompressed for PP (default 0)")
     p.add_argument("-amb", "--attention-max-batch", type=int, default=0, metavar="MiB",
                    help="cap the MLA attention scratch per head group at this many MiB (0 = no cap)")
+    p.add_argument("--no-mmap", action="store_true",
+                   help="copy the weights into memory at load instead of reading the file mapping")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -79,6 +81,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        flash_attn=flash, n_threads=args.threads, n_threads_batch=args.threads_batch,
                        k_repack=args.k_repack, rtr=args.run_time_repack,
                        fused_moe=args.fused_moe, mla=args.mla_use, amb=args.attention_max_batch,
+                       no_mmap=args.no_mmap,
                        log=info)
     c = model.config
     info(f"model: {c.name} arch={c.arch} params={model.n_params / 1e6:.1f}M "
@@ -89,6 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
          f"threads_batch={model.n_threads_batch} type_k={args.cache_type_k} type_v={args.cache_type_v} "
          f"flash_attn={int(flash)} k_repack={args.k_repack} rtr={int(args.run_time_repack)} "
          f"fmoe={int(args.fused_moe)} mla={args.mla_use} amb={args.attention_max_batch} "
+         f"mmap={int(not (args.no_mmap or args.run_time_repack))} "
          f"simd={_numba.SIMD} cpu={_numba.CPU_NAME} "
          f"kv_cache={model.cache.nbytes / 2**20:.1f} MiB")
     info(main_line(model, cfg))

@@ -54,6 +54,7 @@ from engine.gguf_model import Weight, _field_value, _matrix, _vector
 from engine.matmul import gemm_f32, gemm_q8_0
 from engine.mla import MLACache, absorbed_attention, decompressed_attention
 from engine.model import EngineOptions, Model, _embed, _matmul
+from engine.no_mmap import copy_arrays
 from engine.moe import GATING, Experts, MoEConfig, MoEWeights, grouped_gemm_q8_0, load_moe_weights, moe_ffn
 from engine.moe import _experts as _load_3d
 from engine.ops import rmsnorm, rope_cache, rope_inplace, swiglu
@@ -445,4 +446,6 @@ def load_deepseek2(reader, path: str, opts: EngineOptions, log=None, t0: float |
                           "multiples of 32")
     if getattr(opts, "rtr", False) and log:
         log("-rtr: not applied to deepseek2 (expert and per-head tensors stay Q8_0)")
+    if opts.no_mmap:
+        weights = copy_arrays(weights)
     return DeepSeek2Model(path, cfg, weights, opts, time.perf_counter() - t0)

@@ -21,6 +21,7 @@ from engine.attention import attention
 from engine.errors import EngineError
 from engine.gguf_model import ModelConfig, Weight, Weights, load_weights, open_gguf
 from engine.kvcache import KV_TYPES, KVCache
+from engine.no_mmap import copy_arrays
 from engine.matmul import gemm_f32, gemm_q8_0, gemm_q8_0_multi
 from engine.q8_0_r8 import K_REPACK_MODES, RepackReport, RepackScratch, gemm_q8_0_r8, repack_weights
 from engine.ops import rmsnorm_q8_0, rope_cache, rope_inplace, swiglu_q8_0
@@ -44,6 +45,7 @@ class EngineOptions:
     fused_moe: bool = False     # -fmoe: fused expert up/gate/SwiGLU + down kernels
     mla: int = 0                # -mla 0..3: MLA attention mode (engine.mla)
     amb: int = 0                # -amb MiB: attention scratch cap per head group (0 = no cap)
+    no_mmap: bool = False       # --no-mmap: copy the weights out of the file mapping (engine.no_mmap)
     # engine.q8_0_r8: flash attention reads a q8_0 K as Q8_0_R8 for PP (auto = ik's rule);
     # -rtr repacks the Q8_0 weight matrices (not token_embd) to Q8_0_R8 at load.
     k_repack: str = "auto"      # --k-repack auto|on|off
@@ -200,7 +202,7 @@ class Model:
 def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16", type_v: str = "f16",
                flash_attn: bool = True, n_threads: int = 0, n_threads_batch: int = 0,
                fused_moe: bool = False, mla: int = 0, amb: int = 0,
-               k_repack: str = "auto", rtr: bool = False,
+               k_repack: str = "auto", rtr: bool = False, no_mmap: bool = False,
                log: Callable[[str], None] | None = None) -> Model:
     """Load a GGUF model with a KV cache of n_ctx positions.
 
@@ -210,7 +212,7 @@ def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16
     opts = EngineOptions(n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=flash_attn,
                          n_threads=n_threads, n_threads_batch=n_threads_batch,
                          fused_moe=fused_moe, mla=mla, amb=amb,
-                         k_repack=k_repack, rtr=rtr).validate()
+                         k_repack=k_repack, rtr=rtr, no_mmap=no_mmap).validate()
     t0 = time.perf_counter()
     path = str(path)
     reader = open_gguf(path)
@@ -226,6 +228,8 @@ def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16
         weights, rtr_report = repack_weights(weights)
         if log:
             log(rtr_report.line())
+    elif opts.no_mmap:                               # -rtr already copied everything
+        weights = copy_arrays(weights)
     if cfg.n_vocab == 0:
         cfg = ModelConfig(**{**cfg.__dict__, "n_vocab": weights.token_embd.n_out})
     model = Model(path, cfg, weights, opts, time.perf_counter() - t0)

@@ -23,6 +23,7 @@ from engine.attention import attention
 from engine.errors import EngineError, GGUFError
 from engine.gguf_model import ModelConfig, Weight, _field_value, _matrix, _vector
 from engine.model import EngineOptions, Model, _embed, _matmul
+from engine.no_mmap import copy_arrays
 from engine.moe import GATING, MoEConfig, MoEWeights, load_moe_weights, moe_ffn
 from engine.ops import rmsnorm, rope_cache, rope_inplace
 from engine.quant import quantize_q8_0
@@ -193,4 +194,6 @@ def load_moe_llama(reader, path: str, opts: EngineOptions, log=None, t0: float |
         cfg = ModelConfig(**{**cfg.__dict__, "n_vocab": weights.token_embd.n_out})
     if opts.rtr and log:
         log("-rtr: not applied to MoE models (the 3-D expert tensors stay Q8_0)")
+    if opts.no_mmap:
+        weights = copy_arrays(weights)
     return MoEModel(path, cfg, mcfg, weights, opts, time.perf_counter() - t0)

@@ -204,3 +204,13 @@ def test_k_repack_on_the_decompressed_path(model_factory):
     # other expert for a token (token 11 here: 0.6% of the largest logit)
     e = np.concatenate([np.abs(a - b).max(1) / np.abs(b).max(1) for a, b in zip(out["on"], out["off"])])
     assert (e < 1e-4).mean() >= 0.9 and e.max() < 0.02
+
+
+@pytest.mark.parametrize("shape", ["deepseek2-tiny", "moe-tiny", "micro"])
+def test_no_mmap_copies_every_weight(model_factory, shape):
+    from engine.no_mmap import weights_are_owned
+    path = model_factory(shape, seed=5)
+    a = load_model(path, n_ctx=16)
+    b = load_model(path, n_ctx=16, no_mmap=True)
+    assert not weights_are_owned(a.weights) and weights_are_owned(b.weights)
+    np.testing.assert_array_equal(a.eval([1, 2, 3], 0), b.eval([1, 2, 3], 0))
