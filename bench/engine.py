@@ -69,6 +69,9 @@ def main(argv=None) -> int:
     ap.add_argument("-tb", "--threads-batch", type=int, default=0)
     ap.add_argument("-ctk", default="q8_0")
     ap.add_argument("-ctv", default="q8_0")
+    ap.add_argument("--mmap", action="store_true",
+                    help="keep weights mmap'd (default: copied, like the seed's --no-mmap: this VM's "
+                         "DAMON reclaim pages out cold file pages, so mmap'd TG rows measure disk refaults)")
     args = ap.parse_args(argv)
     path = Path(args.model) if args.model else Path(__file__).parent / ".models" / f"{args.shape}.gguf"
     if not path.exists():
@@ -76,7 +79,8 @@ def main(argv=None) -> int:
         make_model(path, args.shape, seed=0)
         print(f"generated {path} in {time.perf_counter() - t0:.1f} s")
     model = load_model(path, n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv, flash_attn=True,
-                       n_threads=args.threads, n_threads_batch=args.threads_batch or args.threads)
+                       n_threads=args.threads, n_threads_batch=args.threads_batch or args.threads,
+                       no_mmap=not args.mmap)
     wbytes = model.weight_bytes_per_token
     matmul_params = sum(w.n_out * w.n_in for L in model.weights.layers
                         for w in (L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down)) + model.weights.output.n_out * model.weights.output.n_in

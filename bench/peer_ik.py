@@ -41,6 +41,7 @@ def ik_sweep(path: Path, ctx: int, ub: int, threads: int, fa: bool, ctype: str, 
     C.llama_backend_init()
     mp = C.llama_model_default_params()
     mp.n_gpu_layers = 0
+    mp.use_mmap = False  # like ours: this VM's DAMON reclaim pages out cold mmap'd weights
     model = C.llama_model_load_from_file(str(path).encode(), mp)
     if not model:
         raise RuntimeError(f"ik_llama.cpp could not load {path}")
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
     print(f"model {path.name}; c={args.ctx} ub={args.ub} t={args.threads} fa={int(args.fa)} cache={ctype}")
     ik = list(ik_sweep(path, args.ctx, args.ub, args.threads, args.fa, ctype))
     m = load_model(path, n_ctx=args.ctx, type_k=ctype, type_v=ctype, flash_attn=args.fa,
-                   n_threads=args.threads, n_threads_batch=args.threads)
+                   n_threads=args.threads, n_threads_batch=args.threads, no_mmap=True)
     ours = list(sweep(m, SweepConfig(n_ctx=args.ctx, n_ubatch=args.ub)))
     print("|   N_KV | ik S_PP | ours S_PP | ratio | ik S_TG | ours S_TG | ratio |")
     print("|--------|---------|-----------|-------|---------|-----------|-------|")
