@@ -214,3 +214,16 @@ def test_no_mmap_copies_every_weight(model_factory, shape):
     b = load_model(path, n_ctx=16, no_mmap=True)
     assert not weights_are_owned(a.weights) and weights_are_owned(b.weights)
     np.testing.assert_array_equal(a.eval([1, 2, 3], 0), b.eval([1, 2, 3], 0))
+
+
+def test_v2_lite_style_variant(model_factory):
+    """No q_lora_rank (plain attn_q), softmax gating, no exp_probs_b, no YaRN, 2 shared experts."""
+    path = model_factory("deepseek2-tiny", seed=3, wtype="f16", q_lora=0, gating="softmax", probs_bias=False,
+                         yarn_factor=1.0, weights_scale=1.0, shared=2)
+    m = load_model(path, n_ctx=64, type_k="f32", mla=3)
+    assert m.config.q_lora_rank == 0 and m.config.moe.gating == "softmax" and m.config.rope_scaling == "none"
+    assert m.config.moe.n_ff_shexp == 2 * m.config.moe.n_ff_exp
+    expect = _ref_runs(path)
+    for mla in (0, 1):
+        for g, e in zip(_runs(path, type_k="f32", mla=mla), expect):
+            assert ref.rel_err(g, e) < 2e-3
