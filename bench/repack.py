@@ -9,7 +9,8 @@
    512-token ubatch over a q8_0 cache with --k-repack on vs off at a few depths.
 2. Sweeps: ``python -m engine bench -c CTX -ub UB -t T -fa -ctk q8_0 -ctv q8_0`` as
    separate processes (peak RSS is per process), alternated A B A B (``--reps`` each):
-   --k-repack on vs off (rtr off), then -rtr on vs off (k-repack auto). Per N_KV it
+   --k-repack on vs off (rtr off), then -rtr on vs off (k-repack auto), weights in owned
+   memory on both sides (--no-mmap unless --mmap). Per N_KV it
    prints mean S_PP and S_TG for both, the on/off ratio, the spread over repetitions,
    peak RSS and the repack scratch (this row / high-water mark) in MiB.
 Run it on a quiet machine: nothing else may share the cores. Raw rows: --out FILE.jsonl.
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=2, help="runs per setting, alternated A B A B")
     ap.add_argument("--what", default="kernels,krepack,rtr", help="comma list of kernels, krepack, rtr")
     ap.add_argument("--smoke", action="store_true", help="tiny model, -c 512 -ub 128, 1 rep: checks the script")
+    ap.add_argument("--mmap", action="store_true", help="leave the non-rtr runs mmap-backed (default: --no-mmap)")
     ap.add_argument("--out", default=None, help="write every measured row here (jsonl)")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -177,10 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         depths = sorted({0, args.ub, 4 * args.ub, max(0, args.ctx - args.ub)} & set(range(0, args.ctx, args.ub)))
         bench_kernels(args.shape, args.threads, args.ub, depths)
     raw: list[dict] = []
+    # Weights in owned memory on both sides: this VM's DAMON pageout evicts idle mmap'd
+    # pages, so mmap'd TG rows measured disk refaults (and -rtr never maps the file).
+    nm = [] if args.mmap else ["--no-mmap"]
     if "krepack" in what:
-        ab("--k-repack", path, args, ["--k-repack", "on"], ["--k-repack", "off"], raw)
+        ab("--k-repack", path, args, ["--k-repack", "on"] + nm, ["--k-repack", "off"] + nm, raw)
     if "rtr" in what:
-        ab("-rtr", path, args, ["-rtr", "--k-repack", "auto"], ["--k-repack", "auto"], raw)
+        ab("-rtr", path, args, ["-rtr", "--k-repack", "auto"], ["--k-repack", "auto"] + nm, raw)
     if args.out:
         with open(args.out, "w") as fh:
             for r in raw:

@@ -23,7 +23,8 @@ from engine.gguf_model import ModelConfig, Weight, Weights, load_weights, open_g
 from engine.kvcache import KV_TYPES, KVCache
 from engine.no_mmap import copy_arrays
 from engine.matmul import gemm_f32, gemm_q8_0, gemm_q8_0_multi
-from engine.q8_0_r8 import K_REPACK_MODES, RepackReport, RepackScratch, gemm_q8_0_r8, repack_weights
+from engine.q8_0_r8 import (K_REPACK_MODES, RepackReport, RepackScratch, gemm_q8_0_r8, mmap_releaser,
+                            repack_weights)
 from engine.ops import rmsnorm_q8_0, rope_cache, rope_inplace, swiglu_q8_0
 from engine.quant import dequantize_q8_0, quantize_q8_0
 
@@ -225,7 +226,7 @@ def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16
     weights = load_weights(reader, cfg, path, log=log)
     rtr_report = None
     if opts.rtr:
-        weights, rtr_report = repack_weights(weights)
+        weights, rtr_report = repack_weights(weights, release=mmap_releaser(reader.data))
         if log:
             log(rtr_report.line())
     elif opts.no_mmap:                               # -rtr already copied everything

@@ -24,6 +24,7 @@ that read a repacked K view, and ``repack_weights`` (``-rtr``).
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import time
 
 import numpy as np
@@ -355,29 +356,57 @@ def _own(a):
     return None if a is None else np.array(a, copy=True)
 
 
-def repack_weights(weights):
+def mmap_releaser(mm):
+    """A function that drops the file-mapped pages under an array viewing ``mm`` from RSS.
+
+    mm: the ``np.memmap`` a GGUFReader maps (``reader.data``). The pages stay in the
+    page cache; touching them again re-faults them. Arrays not inside mm are ignored.
+    """
+    raw = getattr(mm, "_mmap", None)
+    if raw is None or not hasattr(raw, "madvise"):
+        return lambda a: None
+    base, size, page = mm.ctypes.data, mm.nbytes, mmap.PAGESIZE
+
+    def release(a: np.ndarray) -> None:
+        start = a.ctypes.data - base
+        if start < 0 or start + a.nbytes > size:
+            return
+        lo = start // page * page
+        hi = min(size, -(-(start + a.nbytes) // page) * page)
+        raw.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    return release
+
+
+def repack_weights(weights, release=None):
     """-rtr: every Q8_0 matrix except token_embd with rows % 8 == 0 -> kind "q8_0_r8".
 
     Returns (new Weights, RepackReport). Repacked matrices live in anonymous memory;
     everything else is copied out of the file mapping too (norms, biases,
     token_embd), so no view keeps the mmap alive: with -rtr the model is no longer
-    mmap-backed (what ik's -rtr does).
+    mmap-backed (what ik's -rtr does). ``release(array)`` (``mmap_releaser``) is called
+    on each source matrix once it is copied, so peak RSS holds about one model, not
+    the mapped file plus the copy.
     """
     t0 = time.perf_counter()
     counts = {"n": 0, "bytes": 0}
     kept: list[str] = []
+    done = release or (lambda a: None)
     emb = weights.token_embd
     emb_new = dataclasses.replace(emb, data=np.array(emb.data, copy=True))
+    done(emb.data)
 
     def conv(wt, name):
-        if wt.kind != "q8_0":
-            return dataclasses.replace(wt, data=np.array(wt.data, copy=True))
-        if wt.n_out % R8_ROWS:
-            kept.append(name)
-            return dataclasses.replace(wt, data=np.array(wt.data, copy=True))
-        counts["n"] += 1
-        counts["bytes"] += wt.data.nbytes
-        return dataclasses.replace(wt, kind="q8_0_r8", data=pack_q8_0_r8(np.ascontiguousarray(wt.data)))
+        if wt.kind != "q8_0" or wt.n_out % R8_ROWS:
+            if wt.kind == "q8_0":
+                kept.append(name)
+            out = dataclasses.replace(wt, data=np.array(wt.data, copy=True))
+        else:
+            counts["n"] += 1
+            counts["bytes"] += wt.data.nbytes
+            out = dataclasses.replace(wt, kind="q8_0_r8", data=pack_q8_0_r8(np.ascontiguousarray(wt.data)))
+        done(wt.data)
+        return out
 
     layers = []
     for i, L in enumerate(weights.layers):
