@@ -224,9 +224,12 @@ def test_model_logits_repack_and_rtr_on_off(micro_model):
             assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max(), kw
 
 
-def test_rtr_log_line(micro_model):
+def test_rtr_log_line_and_no_mmap(micro_model):
+    from engine.no_mmap import weights_are_owned
+
     lines = []
-    load_model(micro_model, n_ctx=32, rtr=True, log=lines.append)
+    m = load_model(micro_model, n_ctx=32, rtr=True, log=lines.append)
+    assert weights_are_owned(m.weights)
     assert any(s.startswith("run-time repack (-rtr): 15 Q8_0 matrices") and "Q8_0_R8 in" in s for s in lines)
 
 
