@@ -23,8 +23,8 @@ from engine.gguf_model import ModelConfig, Weight, Weights, load_weights, open_g
 from engine.kvcache import KV_TYPES, KVCache
 from engine.no_mmap import copy_arrays
 from engine.matmul import gemm_f32, gemm_q8_0, gemm_q8_0_multi
-from engine.q8_0_r8 import (K_REPACK_MODES, RepackReport, RepackScratch, gemm_q8_0_r8, mmap_releaser,
-                            repack_weights)
+from engine.q8_0_r8 import (K_REPACK_MODES, RepackReport, RepackScratch, gemm_q8_0_r8, gemm_q8_0_r8_multi,
+                            mmap_releaser, repack_weights)
 from engine.ops import rmsnorm_q8_0, rope_cache, rope_inplace, swiglu_q8_0
 from engine.quant import dequantize_q8_0, quantize_q8_0
 
@@ -83,6 +83,8 @@ def _matmuls(ws: tuple[Weight, ...], x: np.ndarray, xq: np.ndarray) -> list[np.n
     """Several matrices applied to the same input; all-Q8_0 ones share one launch."""
     if all(w.kind == "q8_0" for w in ws):
         return gemm_q8_0_multi([w.data for w in ws], xq)
+    if all(w.kind == "q8_0_r8" for w in ws):
+        return gemm_q8_0_r8_multi([w.data for w in ws], xq)
     return [_matmul(w, x, xq) for w in ws]
 
 

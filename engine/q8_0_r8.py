@@ -141,23 +141,29 @@ def repack_k_view(k: np.ndarray, n_rows: int, n_head: int, head_dim: int, scratc
 
 # -- GEMM / GEMV --------------------------------------------------------------------------
 
-@njit(**PARALLEL)
-def _gemm_r8_avx2(w, n_groups, x, n_tok, nb, out):
-    # w: flat (n_groups*nb*272) u8; x: flat (n_tok*nb*34) u8; out: flat (n_tok*n_groups*8) f32
+@njit(inline="always", **NJIT)
+def _group_avx2(w, n_groups, x, n_tok, nb, out, g):
+    # rows [8g, 8g+8) of out (n_tok, n_groups*8) flat f32; w flat R8 bytes, x flat Q8_0 bytes
     rb = nb * 34
     gb = nb * 272
     n_out = n_groups * 8
+    t = 0
+    while t + 4 <= n_tok:
+        r8_tile_4(out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, (t + 1) * rb,
+                  (t + 2) * rb, (t + 3) * rb, nb)
+        t += 4
+    if t + 2 <= n_tok:
+        r8_tile_2(out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, (t + 1) * rb, 0, 0, nb)
+        t += 2
+    if t < n_tok:
+        r8_tile_1(out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, 0, 0, 0, nb)
+
+
+@njit(**PARALLEL)
+def _gemm_r8_avx2(w, n_groups, x, n_tok, nb, out):
+    # w: flat (n_groups*nb*272) u8; x: flat (n_tok*nb*34) u8; out: flat (n_tok*n_groups*8) f32
     for g in prange(n_groups):
-        t = 0
-        while t + 4 <= n_tok:
-            r8_tile_4(out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, (t + 1) * rb,
-                      (t + 2) * rb, (t + 3) * rb, nb)
-            t += 4
-        if t + 2 <= n_tok:
-            r8_tile_2(out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, (t + 1) * rb, 0, 0, nb)
-            t += 2
-        if t < n_tok:
-            r8_tile_1(out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, 0, 0, 0, nb)
+        _group_avx2(w, n_groups, x, n_tok, nb, out, g)
 
 
 @njit(inline="always", **NJIT)
@@ -184,14 +190,40 @@ def dot8_r8_scalar(out, out_off, w, wo, x, xo, nb):
         out[out_off + k] = acc
 
 
+@njit(inline="always", **NJIT)
+def _group_scalar(w, n_groups, x, n_tok, nb, out, g):
+    for t in range(n_tok):
+        dot8_r8_scalar(out, t * n_groups * 8 + g * 8, w, g * nb * 272, x, t * nb * 34, nb)
+
+
 @njit(**PARALLEL)
 def _gemm_r8_scalar(w, n_groups, x, n_tok, nb, out):
-    rb = nb * 34
-    gb = nb * 272
-    n_out = n_groups * 8
     for g in prange(n_groups):
-        for t in range(n_tok):
-            dot8_r8_scalar(out, t * n_out + g * 8, w, g * gb, x, t * rb, nb)
+        _group_scalar(w, n_groups, x, n_tok, nb, out, g)
+
+
+# Up to three R8 matrices sharing one input (q/k/v, gate/up) in one parallel launch,
+# like matmul.gemm_q8_0_multi (each launch costs tens of microseconds in TG).
+@njit(**PARALLEL)
+def _gemm3_r8_avx2(w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb):
+    for g in prange(g1 + g2 + g3):
+        if g < g1:
+            _group_avx2(w1, g1, x, n_tok, nb, o1, g)
+        elif g < g1 + g2:
+            _group_avx2(w2, g2, x, n_tok, nb, o2, g - g1)
+        else:
+            _group_avx2(w3, g3, x, n_tok, nb, o3, g - g1 - g2)
+
+
+@njit(**PARALLEL)
+def _gemm3_r8_scalar(w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb):
+    for g in prange(g1 + g2 + g3):
+        if g < g1:
+            _group_scalar(w1, g1, x, n_tok, nb, o1, g)
+        elif g < g1 + g2:
+            _group_scalar(w2, g2, x, n_tok, nb, o2, g - g1)
+        else:
+            _group_scalar(w3, g3, x, n_tok, nb, o3, g - g1 - g2)
 
 
 def gemm_q8_0_r8(w: np.ndarray, xq: np.ndarray, out: np.ndarray | None = None,
@@ -267,6 +299,30 @@ class RepackScratch:
     @property
     def hwm_bytes(self) -> int:
         return int(self.buf.shape[0])
+
+
+_EMPTY_W = np.zeros((0,), dtype=np.uint8)
+_EMPTY_O = np.zeros((0,), dtype=np.float32)
+
+
+def gemm_q8_0_r8_multi(ws, xq: np.ndarray, simd: str | None = None) -> list[np.ndarray]:
+    """[X W_i^T for W_i in ws] for 1-3 Q8_0_R8 matrices with the same blocks per row, one launch."""
+    if not 1 <= len(ws) <= 3:
+        raise ValueError(f"gemm_q8_0_r8_multi: 1 to 3 matrices, got {len(ws)}")
+    if xq.ndim != 2 or xq.dtype != np.uint8 or xq.shape[1] % Q8_0_BYTES or not xq.flags.c_contiguous:
+        raise ValueError(f"gemm_q8_0_r8_multi: X must be contiguous Q8_0 bytes, got {xq.dtype}{xq.shape}")
+    nb = xq.shape[1] // Q8_0_BYTES
+    for w in ws:
+        if w.ndim != 2 or w.dtype != np.uint8 or w.shape[1] != nb * R8_BLOCK_BYTES or not w.flags.c_contiguous:
+            raise ValueError(f"gemm_q8_0_r8_multi: W {w.dtype}{w.shape} (R8) does not match X {xq.shape}")
+    n_tok = xq.shape[0]
+    outs = [np.empty((n_tok, w.shape[0] * 8), dtype=np.float32) for w in ws]
+    args = []
+    for k in range(3):
+        args += [ws[k].reshape(-1), ws[k].shape[0], outs[k].reshape(-1)] if k < len(ws) else [_EMPTY_W, 0, _EMPTY_O]
+    kernel = _gemm3_r8_avx2 if (simd or _numba.SIMD) == "avx2" else _gemm3_r8_scalar
+    kernel(*args, xq.reshape(-1), n_tok, nb)
+    return outs
 
 
 # -- attention scores over a repacked K view ----------------------------------------------

@@ -18,8 +18,8 @@ from engine import load_model
 from engine.attention import attention
 from engine.kvcache import KVCache
 from engine.matmul import gemm_q8_0
-from engine.q8_0_r8 import (RepackScratch, gemm_q8_0_r8, k_repack_applies, k_view_bytes, pack_q8_0_r8,
-                            pack_q8_0_r8_ref, repack_k_view, unpack_q8_0_r8_ref)
+from engine.q8_0_r8 import (RepackScratch, gemm_q8_0_r8, gemm_q8_0_r8_multi, k_repack_applies, k_view_bytes,
+                            pack_q8_0_r8, pack_q8_0_r8_ref, repack_k_view, unpack_q8_0_r8_ref)
 from engine.quant import dequantize_q8_0, quantize_q8_0
 
 SIMDS = ["avx2", "scalar"]
@@ -97,6 +97,18 @@ def test_gemm_r8_matches_reference_and_plain(simd, n_out, n_in, n_tok):
     assert y.shape == (n_tok, n_out) and y.dtype == np.float32
     assert np.abs(y - ref).max() <= tol
     assert np.abs(y - plain).max() <= tol
+
+
+@pytest.mark.parametrize("simd", SIMDS)
+@pytest.mark.parametrize("n_tok", [1, 5])
+def test_gemm_r8_multi_matches_single(simd, n_tok):
+    rng = np.random.default_rng(n_tok)
+    ws = [_rq(rng, n, 64, 0.05) for n in (16, 8, 24)]
+    x = _rq(rng, n_tok, 64)
+    for k in (1, 2, 3):
+        outs = gemm_q8_0_r8_multi([pack_q8_0_r8(w) for w in ws[:k]], x, simd=simd)
+        for w, y in zip(ws[:k], outs):
+            np.testing.assert_array_equal(y, gemm_q8_0_r8(pack_q8_0_r8(w), x, simd=simd))
 
 
 def test_gemm_r8_extreme_quants_and_scales():
