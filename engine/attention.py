@@ -15,13 +15,16 @@ K in q8_0 is dotted with Q quantized to Q8_0 (what ggml's CPU path does for a
 q8_0 cache) using the int8 tiles of ``_simd``; f16/f32 K and every V type are
 converted to f32 per chunk. With ``k_repack`` the q8_0 K view is first repacked to
 Q8_0_R8 (engine.q8_0_r8) and scored 8 positions per vector (flash path only).
+On AVX2 (head_dim_v % 16 == 0) the probabilities of a chunk are written back into
+the score rows (a polynomial exp that vectorizes) and P.V runs in register tiles of
+4 query columns x 16 values (engine._simd_f32); q8_0 V rows convert with an intrinsic.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import numba
+import numpy as np
 from numba import njit, prange
 
 from engine import _numba
