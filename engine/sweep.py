@@ -102,8 +102,8 @@ def jsonl_record(model: Model, cfg: SweepConfig, row: SweepRow) -> dict:
            "n_threads_batch": model.n_threads_batch}
     rec.update(asdict(row))
     rec.update({"type_k": o.type_k, "type_v": o.type_v,
-                "k_repack": getattr(o, "k_repack", "off"), "rtr": bool(getattr(o, "rtr", False)),
-                "weight_bytes": model.weight_bytes_per_token})
+                "k_repack": o.k_repack, "rtr": bool(o.rtr), "fmoe": bool(o.fused_moe), "mla": int(o.mla),
+                "amb": int(o.amb), "no_mmap": bool(o.no_mmap), "weight_bytes": model.weight_bytes_per_token})
     return rec
 
 
