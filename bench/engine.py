@@ -90,12 +90,12 @@ def main(argv=None) -> int:
     print(f"memory read bandwidth: {bw:.1f} GB/s (numba prange, {model.n_threads} threads), "
           f"{bw_np:.1f} GB/s (numpy sum, 1 thread)")
     cfg = SweepConfig(n_ctx=args.ctx, n_ubatch=args.ub)
-    print("\n" + TABLE_HEADER[:-1] + " TG GB/s | TG/bw | PP GOP/s |")
-    print(TABLE_RULE[:-1] + "---------|-------|----------|")
+    print("\n" + TABLE_HEADER + " TG GB/s | TG/bw | PP GOP/s |")
+    print(TABLE_RULE + "---------|-------|----------|")
     for row in sweep(model, cfg):
         tg_gbs = wbytes * row.speed_tg / 1e9
         pp_gops = 2 * matmul_params * row.speed_pp / 1e9
-        print(row.table_line()[:-1] + f" {tg_gbs:7.2f} | {tg_gbs / bw:5.2f} | {pp_gops:8.1f} |", flush=True)
+        print(row.table_line() + f" {tg_gbs:7.2f} | {tg_gbs / bw:5.2f} | {pp_gops:8.1f} |", flush=True)
     # re-measure so a bandwidth drift during the sweep shows
     bw2, _ = read_bandwidth(model.n_threads, reps=3)
     print(f"\nmemory read bandwidth after the sweep: {bw2:.1f} GB/s")
