@@ -41,7 +41,6 @@ W_vb rows are byte-for-byte slices of attn_kv_b).
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,7 @@ from engine.errors import EngineError, GGUFError
 from engine.gguf_model import Weight, _field_value, _matrix, _vector
 from engine.matmul import gemm_f32, gemm_q8_0
 from engine.mla import MLACache, absorbed_attention, decompressed_attention
-from engine.model import EngineOptions, Model, _embed, _matmul
+from engine.model import EngineOptions, Model, _embed, _matmul, start_batch
 from engine.no_mmap import copy_arrays
 from engine.moe import GATING, Experts, MoEConfig, MoEWeights, grouped_gemm_q8_0, load_moe_weights, moe_ffn
 from engine.moe import _experts as _load_3d
@@ -359,19 +358,10 @@ class DeepSeek2Model(Model):
     # -- forward ---------------------------------------------------------------------
     def eval(self, tokens, pos: int, all_logits: bool = True) -> np.ndarray:
         """Run token ids at positions [pos, pos+n); return f32 logits (n or 1, n_vocab)."""
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = start_batch(self, tokens, pos)
         n = tokens.shape[0]
         c = self.config
-        if n == 0:
-            raise EngineError("eval: empty batch")
-        if tokens.min() < 0 or tokens.max() >= self.weights.token_embd.n_out:
-            raise EngineError(f"eval: token id out of range [0, {self.weights.token_embd.n_out})")
-        if pos != self.cache.n_used:
-            raise EngineError(f"eval: batch at position {pos} but the cache holds {self.cache.n_used}")
-        if pos + n > self.cache.n_ctx:
-            raise EngineError(f"eval: positions up to {pos + n} exceed n_ctx {self.cache.n_ctx}")
         threads = self.n_threads if n == 1 else self.n_threads_batch
-        _numba.set_threads(threads)
         self.repack_scratch.reset()
         cos, sin = rope_cache(np.arange(pos, pos + n), c.n_rot, c.rope_freq_base, c.rope_freq_scale,
                               1.0 if self._yarn else 0.0, c.rope_attn_factor, c.rope_n_ctx_orig)

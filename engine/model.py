@@ -94,6 +94,24 @@ def _embed(w: Weight, tokens: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.data[tokens], dtype=np.float32)
 
 
+def start_batch(model, tokens, pos: int) -> np.ndarray:
+    """Check a batch against the model's vocabulary and cache, and pick the thread count
+    (-t for 1-token TG batches, -tb for PP) shared by every architecture's eval."""
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    n = tokens.shape[0]
+    n_vocab = model.weights.token_embd.n_out
+    if n == 0:
+        raise EngineError("eval: empty batch")
+    if tokens.min() < 0 or tokens.max() >= n_vocab:
+        raise EngineError(f"eval: token id out of range [0, {n_vocab})")
+    if pos != model.cache.n_used:
+        raise EngineError(f"eval: batch at position {pos} but the cache holds {model.cache.n_used}")
+    if pos + n > model.cache.n_ctx:
+        raise EngineError(f"eval: positions up to {pos + n} exceed n_ctx {model.cache.n_ctx}")
+    _numba.set_threads(model.n_threads if n == 1 else model.n_threads_batch)
+    return tokens
+
+
 class Model:
     """A loaded model plus its KV cache. Not thread-safe (one eval at a time)."""
 
@@ -156,18 +174,9 @@ class Model:
     # -- forward ---------------------------------------------------------------------
     def eval(self, tokens, pos: int, all_logits: bool = True) -> np.ndarray:
         """Run token ids at positions [pos, pos+n); return f32 logits (n or 1, n_vocab)."""
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = start_batch(self, tokens, pos)
         n = tokens.shape[0]
         c = self.config
-        if n == 0:
-            raise EngineError("eval: empty batch")
-        if tokens.min() < 0 or tokens.max() >= self.weights.token_embd.n_out:
-            raise EngineError(f"eval: token id out of range [0, {self.weights.token_embd.n_out})")
-        if pos != self.cache.n_used:
-            raise EngineError(f"eval: batch at position {pos} but the cache holds {self.cache.n_used}")
-        if pos + n > self.cache.n_ctx:
-            raise EngineError(f"eval: positions up to {pos + n} exceed n_ctx {self.cache.n_ctx}")
-        _numba.set_threads(self.n_threads if n == 1 else self.n_threads_batch)
         self.repack_scratch.reset()
         positions = np.arange(pos, pos + n)
         cos, sin = rope_cache(positions, c.n_rot, c.rope_freq_base, c.rope_freq_scale,

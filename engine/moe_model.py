@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine import _numba
 from engine.attention import attention
-from engine.errors import EngineError, GGUFError
+from engine.errors import GGUFError
 from engine.gguf_model import ModelConfig, Weight, _field_value, _matrix, _vector
-from engine.model import EngineOptions, Model, _embed, _matmul
+from engine.model import EngineOptions, Model, _embed, _matmul, start_batch
 from engine.no_mmap import copy_arrays
 from engine.moe import GATING, MoEConfig, MoEWeights, load_moe_weights, moe_ffn
 from engine.ops import rmsnorm, rope_cache, rope_inplace
@@ -145,18 +144,9 @@ class MoEModel(Model):
                                 for x in (L.wq, L.wo, L.moe.up, L.moe.down)}))
 
     def eval(self, tokens, pos: int, all_logits: bool = True) -> np.ndarray:
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = start_batch(self, tokens, pos)
         n = tokens.shape[0]
         c = self.config
-        if n == 0:
-            raise EngineError("eval: empty batch")
-        if tokens.min() < 0 or tokens.max() >= self.weights.token_embd.n_out:
-            raise EngineError(f"eval: token id out of range [0, {self.weights.token_embd.n_out})")
-        if pos != self.cache.n_used:
-            raise EngineError(f"eval: batch at position {pos} but the cache holds {self.cache.n_used}")
-        if pos + n > self.cache.n_ctx:
-            raise EngineError(f"eval: positions up to {pos + n} exceed n_ctx {self.cache.n_ctx}")
-        _numba.set_threads(self.n_threads if n == 1 else self.n_threads_batch)
         cos, sin = rope_cache(np.arange(pos, pos + n), c.n_rot, c.rope_freq_base, c.rope_freq_scale,
                               1.0 if self._yarn else 0.0, 1.0, c.rope_n_ctx_orig)
         fused = bool(self.options.fused_moe)
