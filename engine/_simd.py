@@ -197,6 +197,9 @@ def _make_q8_tile(R: int, C: int):
 # The tile shapes the matmul kernels use: 4 rows x 2 tokens keeps 8 accumulators,
 # 2 x-blocks, |x| and a w block within AVX2's 16 ymm registers.
 q8_tile_4x2 = _make_q8_tile(4, 2)
+# GEMV (TG): 8 rows per tile amortize the activation block's load, |x| and scale over
+# twice the rows; measured 1.1-1.5x over 4x1 on the small model's matrices here.
+q8_tile_8x1 = _make_q8_tile(8, 1)
 q8_tile_4x1 = _make_q8_tile(4, 1)
 q8_tile_1x1 = _make_q8_tile(1, 1)
 

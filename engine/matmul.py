@@ -15,7 +15,7 @@ from numba import njit, prange
 
 from engine import _numba
 from engine._numba import FAST_PARALLEL, NJIT, PARALLEL
-from engine._simd import q8_tile_1x1, q8_tile_4x1, q8_tile_4x2
+from engine._simd import q8_tile_1x1, q8_tile_4x1, q8_tile_4x2, q8_tile_8x1
 from engine.quant import f16_bits_to_f32
 
 
@@ -60,6 +60,22 @@ def _rowtile_avx2(w, n_out, x, n_tok, nb, out, tile):
 
 
 @njit(inline="always", **NJIT)
+def _rowtile8_gemv_avx2(w, n_out, x, nb, out, tile):
+    # GEMV rows [8*tile, 8*tile+8) of out (1, n_out) flat f32; tail rows as 4 + 1s
+    rb = nb * 34
+    r = tile * 8
+    if r + 8 <= n_out:
+        q8_tile_8x1(out, r, n_out, w, r * rb, rb, x, 0, rb, nb)
+        return
+    if r + 4 <= n_out:
+        q8_tile_4x1(out, r, n_out, w, r * rb, rb, x, 0, rb, nb)
+        r += 4
+    while r < n_out:
+        q8_tile_1x1(out, r, 0, w, r * rb, rb, x, 0, rb, nb)
+        r += 1
+
+
+@njit(inline="always", **NJIT)
 def _rowtile_scalar(w, n_out, x, n_tok, nb, out, tile):
     rb = nb * 34
     for r in range(tile * 4, min(tile * 4 + 4, n_out)):
@@ -70,8 +86,12 @@ def _rowtile_scalar(w, n_out, x, n_tok, nb, out, tile):
 @njit(**PARALLEL)
 def _gemm_q8_0_avx2(w, n_out, x, n_tok, nb, out):
     # w: flat (n_out*nb*34) u8; x: flat (n_tok*nb*34) u8; out: flat (n_tok*n_out) f32
-    for tile in prange((n_out + 3) // 4):
-        _rowtile_avx2(w, n_out, x, n_tok, nb, out, tile)
+    if n_tok == 1:
+        for tile in prange((n_out + 7) // 8):
+            _rowtile8_gemv_avx2(w, n_out, x, nb, out, tile)
+    else:
+        for tile in prange((n_out + 3) // 4):
+            _rowtile_avx2(w, n_out, x, n_tok, nb, out, tile)
 
 
 @njit(**PARALLEL)
@@ -84,6 +104,17 @@ def _gemm_q8_0_scalar(w, n_out, x, n_tok, nb, out):
 # TG runs ~8 launches per layer otherwise, and each costs tens of microseconds.
 @njit(**PARALLEL)
 def _gemm3_q8_0_avx2(w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb):
+    if n_tok == 1:
+        g1 = (n1 + 7) // 8
+        g2 = (n2 + 7) // 8
+        for tile in prange(g1 + g2 + (n3 + 7) // 8):
+            if tile < g1:
+                _rowtile8_gemv_avx2(w1, n1, x, nb, o1, tile)
+            elif tile < g1 + g2:
+                _rowtile8_gemv_avx2(w2, n2, x, nb, o2, tile - g1)
+            else:
+                _rowtile8_gemv_avx2(w3, n3, x, nb, o3, tile - g1 - g2)
+        return
     t1 = (n1 + 3) // 4
     t2 = (n2 + 3) // 4
     for tile in prange(t1 + t2 + (n3 + 3) // 4):

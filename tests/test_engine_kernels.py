@@ -19,7 +19,8 @@ rng = np.random.default_rng(7)
 
 
 @pytest.mark.parametrize("simd", SIMDS)
-@pytest.mark.parametrize("n_out,n_in,n_tok", [(67, 256, 5), (8, 32, 1), (130, 96, 2), (4, 64, 3)])
+@pytest.mark.parametrize("n_out,n_in,n_tok", [(67, 256, 5), (8, 32, 1), (130, 96, 2), (4, 64, 3),
+                                               (77, 64, 1), (13, 32, 1), (3, 96, 1)])  # GEMV 8-row tiles + tails
 def test_gemm_q8_0_against_float64(simd, n_out, n_in, n_tok):
     w = rng.standard_normal((n_out, n_in)).astype(np.float32)
     x = rng.standard_normal((n_tok, n_in)).astype(np.float32)
@@ -164,12 +165,12 @@ def test_avx2_tile_emits_int8_dot_instructions(tmp_path):
 
 
 @pytest.mark.parametrize("simd", SIMDS)
-@pytest.mark.parametrize("n_mats,n_tok", [(3, 1), (2, 5), (1, 2)])
+@pytest.mark.parametrize("n_mats,n_tok", [(3, 1), (2, 5), (1, 2), (2, 1)])
 def test_gemm_q8_0_multi_equals_separate_calls(simd, n_mats, n_tok):
     from engine.matmul import gemm_q8_0_multi
 
     xq = quantize_q8_0(rng.standard_normal((n_tok, 128)).astype(np.float32))
-    ws = [quantize_q8_0(rng.standard_normal((n, 128)).astype(np.float32)) for n in (64, 18, 33)[:n_mats]]
+    ws = [quantize_q8_0(rng.standard_normal((n, 128)).astype(np.float32)) for n in (64, 19, 33)[:n_mats]]
     outs = gemm_q8_0_multi(ws, xq, simd=simd)
     for w, o in zip(ws, outs):
         assert np.array_equal(o, gemm_q8_0(w, xq, simd=simd))
