@@ -31,6 +31,11 @@ SWEEP_ROW_SETTINGS = {
 }
 # Settings names that are flags: ik prints 0/1, our engine true/false; one spelling
 # keeps settings_key identical for the same configuration.
+# Per-row measurements a Point doesn't store because they derive from its fields (the
+# repack scratch high-water mark is the running max of repack_scratch_mib); kept as
+# settings they would give every row its own settings_key and break resume's identity.
+DERIVED_ROW_KEYS = frozenset({"repack_scratch_hwm_mib"})
+
 BOOL_SETTINGS = ("flash_attn", "rtr", "fmoe", "no_mmap", "use_mmap", "no_kv_offload", "embeddings",
                  "cpu_strict", "use_thp")
 
@@ -140,6 +145,8 @@ class Point:
         kwargs: dict[str, Any] = {}
         settings: dict[str, Any] = {}
         for key, value in row.items():
+            if key in DERIVED_ROW_KEYS:
+                continue
             if key in SWEEP_ROW_SETTINGS:
                 settings[SWEEP_ROW_SETTINGS[key]] = value
             elif key in names and key != "settings":

@@ -209,3 +209,16 @@ def test_store_import_report_modules_load_neither_ray_nor_numba():
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_scratch_high_water_mark_is_not_a_setting():
+    # the engine's per-row repack_scratch_hwm_mib grows along a sweep; as a setting it
+    # would split one run's rows into many settings keys
+    from orchestrator.point import Point
+
+    base = {"n_kv": 0, "pp": 512, "tg": 128, "t_pp": 1.0, "speed_pp": 512.0, "t_tg": 1.0, "speed_tg": 128.0,
+            "k_repack": "on", "repack_scratch_mib": 0.3}
+    a = Point.from_sweep_row({**base, "repack_scratch_hwm_mib": 0.3})
+    b = Point.from_sweep_row({**base, "repack_scratch_hwm_mib": 1.1})
+    assert "repack_scratch_hwm_mib" not in a.settings
+    assert a.settings_key == b.settings_key
