@@ -36,8 +36,35 @@ def _alloc(kv_type: str, n_ctx: int, n_values: int) -> np.ndarray:
     return np.zeros((n_ctx, n_values // 32 * 34), dtype=np.uint8)
 
 
+class PositionBook:
+    """Which positions of a cache hold data: [0, n_used). Writes extend it at the end and
+    only a suffix can be removed (llama-sweep-bench's seq_rm of the TG tokens). Shared by
+    KVCache and the MLA cache; the class provides ``n_ctx`` and ``n_used``."""
+
+    def check_write(self, pos: int, n: int) -> None:
+        if pos < 0 or pos + n > self.n_ctx:
+            raise EngineError(f"KV cache overflow: positions {pos}..{pos + n} exceed n_ctx {self.n_ctx}")
+        if pos > self.n_used:
+            raise EngineError(f"KV cache hole: writing at {pos} but only {self.n_used} positions are filled")
+
+    def commit(self, pos: int, n: int) -> None:
+        self.n_used = max(self.n_used, pos + n)
+
+    def clear(self) -> None:
+        self.n_used = 0
+
+    def remove(self, p0: int, p1: int = -1) -> None:
+        """Drop positions [p0, p1) (p1 = -1: to the end). Only a suffix can go."""
+        end = self.n_used if p1 < 0 else p1
+        if p0 < 0 or end < p0:
+            raise EngineError(f"KV remove: bad range [{p0}, {p1})")
+        if end < self.n_used:
+            raise EngineError(f"KV remove: [{p0}, {end}) would leave a hole before {self.n_used}")
+        self.n_used = min(self.n_used, p0)
+
+
 @dataclass
-class KVCache:
+class KVCache(PositionBook):
     n_layer: int
     n_ctx: int
     n_kv_head: int
@@ -76,24 +103,6 @@ class KVCache:
     def store(self, layer: int, pos: int, k: np.ndarray, v: np.ndarray) -> None:
         """Write K, V (n, n_kv_head*head_dim) f32 at positions [pos, pos+n)."""
         n = k.shape[0]
-        if pos < 0 or pos + n > self.n_ctx:
-            raise EngineError(f"KV cache overflow: positions {pos}..{pos + n} exceed n_ctx {self.n_ctx}")
-        if pos > self.n_used:
-            raise EngineError(f"KV cache hole: writing at {pos} but only {self.n_used} positions are filled")
+        self.check_write(pos, n)
         self.k[layer][pos:pos + n] = self._encode(self.type_k, np.ascontiguousarray(k))
         self.v[layer][pos:pos + n] = self._encode(self.type_v, np.ascontiguousarray(v))
-
-    def commit(self, pos: int, n: int) -> None:
-        self.n_used = max(self.n_used, pos + n)
-
-    def clear(self) -> None:
-        self.n_used = 0
-
-    def remove(self, p0: int, p1: int = -1) -> None:
-        """Drop positions [p0, p1) (p1 = -1: to the end). Only a suffix can go."""
-        end = self.n_used if p1 < 0 else p1
-        if p0 < 0 or end < p0:
-            raise EngineError(f"KV remove: bad range [{p0}, {p1})")
-        if end < self.n_used:
-            raise EngineError(f"KV remove: [{p0}, {end}) would leave a hole before {self.n_used}")
-        self.n_used = min(self.n_used, p0)

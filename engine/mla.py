@@ -38,7 +38,7 @@ from engine._numba import NJIT, PARALLEL
 from engine._simd import f16_to_f32, q8_tile_1x1, q8_tile_4x1, q8_tile_4x2
 from engine.attention import attention
 from engine.errors import EngineError
-from engine.kvcache import KV_TYPES, KVCache, _alloc, kv_row_bytes
+from engine.kvcache import KV_TYPES, KVCache, PositionBook, _alloc, kv_row_bytes
 from engine.matmul import dot_q8_0_scalar
 from engine.quant import f16_bits_to_f32, quantize_q8_0
 
@@ -47,7 +47,7 @@ FLASH_CHUNK = 64
 _NOCACHE = {k: v for k, v in NJIT.items() if k != "cache"}
 
 
-class MLACache:
+class MLACache(PositionBook):
     """c^KV cache: per layer (n_ctx, kv_lora_rank + n_rot) rows in f32 / f16 bits / Q8_0 bytes."""
 
     def __init__(self, n_layer: int, n_ctx: int, kv_lora_rank: int, n_rot: int, type_k: str):
@@ -72,10 +72,7 @@ class MLACache:
     def store(self, layer: int, pos: int, rows: np.ndarray) -> None:
         """Write [c_kv | k_pe] rows (n, rank + n_rot) f32 at positions [pos, pos+n)."""
         n = rows.shape[0]
-        if pos < 0 or pos + n > self.n_ctx:
-            raise EngineError(f"KV cache overflow: positions {pos}..{pos + n} exceed n_ctx {self.n_ctx}")
-        if pos > self.n_used:
-            raise EngineError(f"KV cache hole: writing at {pos} but only {self.n_used} positions are filled")
+        self.check_write(pos, n)
         self.k[layer][pos:pos + n] = KVCache._encode(self.type_k, np.ascontiguousarray(rows, dtype=np.float32))
 
     def c_rows_f32(self, layer: int, n: int) -> np.ndarray:
@@ -88,19 +85,6 @@ class MLACache:
             return f16_to_f32(np.ascontiguousarray(a))
         return dequantize_q8_0(np.ascontiguousarray(a))
 
-    def commit(self, pos: int, n: int) -> None:
-        self.n_used = max(self.n_used, pos + n)
-
-    def clear(self) -> None:
-        self.n_used = 0
-
-    def remove(self, p0: int, p1: int = -1) -> None:
-        end = self.n_used if p1 < 0 else p1
-        if p0 < 0 or end < p0:
-            raise EngineError(f"KV remove: bad range [{p0}, {p1})")
-        if end < self.n_used:
-            raise EngineError(f"KV remove: [{p0}, {end}) would leave a hole before {self.n_used}")
-        self.n_used = min(self.n_used, p0)
 
 
 # -- absorbed attention kernel ---------------------------------------------------------
