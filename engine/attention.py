@@ -59,6 +59,35 @@ def _exp_f32(x):
     return (p * r * r + r + np.float32(1.0)) * f32_from_bits(np.uint32((np.int32(n) + 127) << 23))
 
 
+@njit(inline="always", **NJIT)
+def online_rescale(s, base, lim, scale, m, l, acc, col):
+    """Online softmax, step 1 for one column: scale its scores s[base:base+lim] in place,
+    return the new running max, and rescale l[col] and acc[col] by exp(m_old - m_new)."""
+    mx = m[col]
+    for p in range(lim):
+        v = s[base + p] * scale
+        s[base + p] = v
+        if v > mx:
+            mx = v
+    corr = np.float32(0.0) if m[col] == -np.inf else np.exp(m[col] - mx)
+    if corr != 1.0:
+        l[col] *= corr
+        for d in range(acc.shape[1]):
+            acc[col, d] *= corr
+    return mx
+
+
+@njit(inline="always", **NJIT)
+def online_accumulate(s, base, lim, mx, l, acc, col, vbuf):
+    """Online softmax, step 2 (plain loops): add exp(s - mx) to l[col] and P.V to acc[col]."""
+    hdv = acc.shape[1]
+    for p in range(lim):
+        e = np.exp(s[base + p] - mx)
+        l[col] += e
+        for d in range(hdv):
+            acc[col, d] += e * vbuf[p * hdv + d]
+
+
 @njit(**NJIT)
 def _scores_q8_avx2(s, CH, kb, krow, khead_off, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow):
     # s[col*CH + p] = K[p0+p] . Q[col]; column col = (query col//g, group head col%g)
@@ -194,17 +223,7 @@ def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
                     for p in range(cnt):
                         s[col * CH + p] = 0.0
                 continue
-            mx = m[col]
-            for p in range(lim):
-                v = s[col * CH + p] * scale
-                s[col * CH + p] = v
-                if v > mx:
-                    mx = v
-            corr = np.float32(0.0) if m[col] == -np.inf else np.exp(m[col] - mx)
-            if corr != 1.0:
-                l[col] *= corr
-                for d in range(hdv):
-                    acc[col, d] *= corr
+            mx = online_rescale(s, col * CH, lim, scale, m, l, acc, col)
             if tiled:   # probabilities into s (0 past the causal limit); P.V below
                 sv = s[col * CH:col * CH + lim]   # a view: LLVM vectorizes sv[p] (not s[base+p])
                 for p in range(lim):
@@ -216,11 +235,7 @@ def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
                 for p in range(lim, cnt):
                     s[col * CH + p] = 0.0
             else:
-                for p in range(lim):
-                    e = np.exp(s[col * CH + p] - mx)
-                    l[col] += e
-                    for d in range(hdv):
-                        acc[col, d] += e * vbuf[p * hdv + d]
+                online_accumulate(s, col * CH, lim, mx, l, acc, col, vbuf)
             m[col] = mx
         if tiled:
             col = 0

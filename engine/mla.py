@@ -36,7 +36,7 @@ from numba import njit, prange
 from engine import _numba
 from engine._numba import NJIT, PARALLEL
 from engine._simd import f16_to_f32, q8_tile_1x1, q8_tile_4x1, q8_tile_4x2
-from engine.attention import attention
+from engine.attention import attention, online_accumulate, online_rescale
 from engine.errors import EngineError
 from engine.kvcache import KV_TYPES, KVCache, PositionBook, _alloc, kv_row_bytes
 from engine.matmul import dot_q8_0_scalar
@@ -201,22 +201,8 @@ def _mla_item(kind, item, q, qq, kf, kb, ktype, krow, dv, pos0, scale, chunk, gh
             lim = min(cnt, pos0 + i0 + qi + 1 - p0)      # causal: positions <= pos0+i0+qi
             if lim <= 0:
                 continue
-            mx = m[col]
-            for p in range(lim):
-                v = s[col * CH + p] * scale
-                s[col * CH + p] = v
-                if v > mx:
-                    mx = v
-            corr = np.float32(0.0) if m[col] == -np.inf else np.exp(m[col] - mx)
-            if corr != 1.0:
-                l[col] *= corr
-                for d in range(dv):
-                    acc[col, d] *= corr
-            for p in range(lim):
-                e = np.exp(s[col * CH + p] - mx)
-                l[col] += e
-                for d in range(dv):
-                    acc[col, d] += e * vbuf[p * dv + d]
+            mx = online_rescale(s, col * CH, lim, scale, m, l, acc, col)
+            online_accumulate(s, col * CH, lim, mx, l, acc, col, vbuf)
             m[col] = mx
     for col in range(ncol):
         qi = col // g
