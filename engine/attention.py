@@ -1,7 +1,9 @@
 """Causal attention over the KV cache: flash (online softmax) and plain.
 
 Query i of a batch sits at absolute position pos0+i and attends to cache
-positions [0, pos0+i]. Work items are (block of up to 8 queries, KV head): the
+positions [0, pos0+i], or with a sliding window of w (Gemma's local layers) to
+[pos0+i-w+1, pos0+i]: llama.cpp masks kv position p for query position t when
+t - p >= w. Chunks wholly before a block's window are never read. Work items are (block of up to 8 queries, KV head): the
 queries of a block and the g = n_head/n_kv_head query heads of a GQA group share
 every K/V chunk that is loaded (and dequantized) once per item.
 
@@ -164,14 +166,14 @@ def _rows_to_f32(avx2, af, ab, atype, row_bytes, head, hd, p0, cnt, buf):
 
 @njit(**NJIT)
 def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
-                    n_kv_head, pos0, scale, chunk, out):
+                    n_kv_head, pos0, scale, chunk, window, out):
     # One work item (block of <= 8 queries, KV head) of the attention below. kind (a
     # compile-time literal): 0 q8_0 K AVX2, 1 q8_0 K scalar, 2 Q8_0_R8 K AVX2, 3 R8 scalar.
     numba.literally(kind)
     avx2 = kind == 0 or kind == 2
     # q: (n_q, n_head, hd) f32; qq: flat Q8_0 of q (when ktype == 2)
     # kf/vf: (n_ctx, n_kv_head*hd) f32 or dummy; kb/vb: flat cache bytes or dummy
-    # out: (n_q, n_head, hdv) f32
+    # out: (n_q, n_head, hdv) f32; window: sliding-window length (0 = none)
     n_q, n_head, hd = q.shape
     hdv = out.shape[2]
     g = n_head // n_kv_head
@@ -184,14 +186,19 @@ def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
     nqb = min(8, n_q - i0)
     ncol = nqb * g
     n_att_max = pos0 + i0 + nqb
-    CH = chunk if chunk > 0 else n_att_max
+    # first position any query of the block may see, rounded down to 64 so the Q8_0_R8
+    # view (8-position groups) and the flash chunks stay aligned
+    start = 0
+    if window > 0:
+        start = max(0, pos0 + i0 - window + 1) // 64 * 64
+    CH = chunk if chunk > 0 else n_att_max - start
     s = np.empty(ncol * CH, dtype=np.float32)
     kbuf = np.empty(CH * hd if ktype != 2 else 1, dtype=np.float32)
     vbuf = np.empty(CH * hdv, dtype=np.float32)
     m = np.full(ncol, -np.inf, dtype=np.float32)
     l = np.zeros(ncol, dtype=np.float32)
     acc = np.zeros((ncol, hdv), dtype=np.float32)
-    for p0 in range(0, n_att_max, CH):
+    for p0 in range(start, n_att_max, CH):
         cnt = min(CH, n_att_max - p0)
         if ktype == 2:
             q0_off = i0 * qrow + kvh * g * qhb
@@ -218,16 +225,23 @@ def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
         for col in range(ncol):
             qi = col // g
             lim = min(cnt, pos0 + i0 + qi + 1 - p0)  # causal: positions <= pos0+i0+qi
-            if lim <= 0:
+            lo = 0                                   # window: positions > pos0+i0+qi-window
+            if window > 0:
+                lo = max(0, pos0 + i0 + qi - window + 1 - p0)
+            if lim <= lo:
                 if tiled:
                     for p in range(cnt):
                         s[col * CH + p] = 0.0
                 continue
+            for p in range(lo):
+                s[col * CH + p] = -np.inf
             mx = online_rescale(s, col * CH, lim, scale, m, l, acc, col)
             if tiled:   # probabilities into s (0 past the causal limit); P.V below
                 sv = s[col * CH:col * CH + lim]   # a view: LLVM vectorizes sv[p] (not s[base+p])
                 for p in range(lim):
                     sv[p] = _exp_f32(sv[p] - mx)
+                for p in range(lo):                  # _exp_f32 clamps: make masked ones exact 0
+                    sv[p] = 0.0
                 ls = l[col]
                 for p in range(lim):
                     ls += sv[p]
@@ -260,28 +274,30 @@ def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
 # ~10-30 s, and appended another cache entry); the scorer is now chosen by a literal
 # int, so each entry point compiles only its own branch (no AVX2 code in the scalar one).
 @njit(**PARALLEL)
-def _attention_avx2(r8, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow, n_kv_head, pos0, scale, chunk, out):
+def _attention_avx2(r8, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow, n_kv_head, pos0, scale, chunk, window,
+                    out):
     # q: (n_q, n_head, hd) f32; qq: flat Q8_0 of q (when ktype == 2), krow: K row bytes
     # (or one head's R8 matrix bytes when r8); kf/vf: (n_ctx, n_kv_head*hd) f32 or dummy;
     # kb/vb: flat cache bytes (kb: the repacked view when r8) or dummy; out: (n_q, n_head, hdv) f32
     for item in prange(((q.shape[0] + 7) // 8) * n_kv_head):
         if r8:
             _attention_item(2, item, q, qq, kf, kb, ktype, krow, vf, vb,
-                            vtype, vrow, n_kv_head, pos0, scale, chunk, out)
+                            vtype, vrow, n_kv_head, pos0, scale, chunk, window, out)
         else:
             _attention_item(0, item, q, qq, kf, kb, ktype, krow, vf, vb,
-                            vtype, vrow, n_kv_head, pos0, scale, chunk, out)
+                            vtype, vrow, n_kv_head, pos0, scale, chunk, window, out)
 
 
 @njit(**PARALLEL)
-def _attention_scalar(r8, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow, n_kv_head, pos0, scale, chunk, out):
+def _attention_scalar(r8, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow, n_kv_head, pos0, scale, chunk, window,
+                      out):
     for item in prange(((q.shape[0] + 7) // 8) * n_kv_head):
         if r8:
             _attention_item(3, item, q, qq, kf, kb, ktype, krow, vf, vb,
-                            vtype, vrow, n_kv_head, pos0, scale, chunk, out)
+                            vtype, vrow, n_kv_head, pos0, scale, chunk, window, out)
         else:
             _attention_item(1, item, q, qq, kf, kb, ktype, krow, vf, vb,
-                            vtype, vrow, n_kv_head, pos0, scale, chunk, out)
+                            vtype, vrow, n_kv_head, pos0, scale, chunk, window, out)
 
 
 _DUMMY_F = np.zeros((1, 1), dtype=np.float32)
@@ -291,8 +307,10 @@ _DUMMY_B = np.zeros(1, dtype=np.uint8)
 def attention(q: np.ndarray, cache: KVCache, layer: int, pos0: int, *, flash: bool,
               scale: float | None = None, simd: str | None = None,
               out: np.ndarray | None = None, k_repack: str = "off",
-              scratch: RepackScratch | None = None) -> np.ndarray:
+              scratch: RepackScratch | None = None, window: int = 0) -> np.ndarray:
     """Causal attention of q (n_q, n_head, hd) f32 over cache positions [0, pos0+n_q).
+
+    window > 0: query at position t sees only [t-window+1, t] (sliding-window layers).
 
     k_repack (auto|on|off, flash only, needs a scratch): when ``k_repack_applies``, the
     layer's K view [0, pos0+n_q) x n_kv_head is first repacked to Q8_0_R8 into the
@@ -303,6 +321,8 @@ def attention(q: np.ndarray, cache: KVCache, layer: int, pos0: int, *, flash: bo
         raise ValueError(f"attention: q {q.shape} does not fit cache heads {cache.n_kv_head}x{cache.head_dim_k}")
     if pos0 + n_q > cache.n_ctx:
         raise ValueError(f"attention: positions up to {pos0 + n_q} exceed n_ctx {cache.n_ctx}")
+    if window < 0:
+        raise ValueError(f"attention: window must be >= 0, got {window}")
     q = np.ascontiguousarray(q, dtype=np.float32)
     avx2 = (simd or _numba.SIMD) == "avx2"
     kt, vt = _TYPE_CODE[cache.type_k], _TYPE_CODE[cache.type_v]
@@ -321,5 +341,5 @@ def attention(q: np.ndarray, cache: KVCache, layer: int, pos0: int, *, flash: bo
     (_attention_avx2 if avx2 else _attention_scalar)(
                r8, q, qq, kf, kb, kt, krow, vf, vb, vt, V.shape[1] * V.itemsize,
                cache.n_kv_head, pos0, np.float32(scale if scale is not None else 1.0 / math.sqrt(hd)),
-               FLASH_CHUNK if flash else 0, out)
+               FLASH_CHUNK if flash else 0, int(window), out)
     return out

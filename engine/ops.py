@@ -1,4 +1,4 @@
-"""Elementwise and row kernels: RMSNorm, RoPE, SwiGLU, softmax.
+"""Elementwise and row kernels: RMSNorm, RoPE, SwiGLU, GeGLU, softmax.
 
 Each public wrapper checks shapes/dtypes and calls a private numba kernel that
 writes a preallocated output over disjoint prange rows. The numpy references
@@ -177,19 +177,55 @@ def _swiglu_q8_ser(g, u, out, outq):
         _quantize_row_q8_0(out[t], outq[t], 0)
 
 
-def swiglu_q8_0(g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """silu(g) * u and its Q8_0 quantization in one pass."""
+def _gated_q8_0(name, ser, par, g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # shared checks/allocation of the gated-FFN activations: ((n, f) f32, (n, f/32*34) u8)
     if g.shape != u.shape or g.ndim != 2 or g.shape[1] % 32:
-        raise ValueError(f"swiglu: gate {g.shape} and up {u.shape} differ or width % 32 != 0")
+        raise ValueError(f"{name}: gate {g.shape} and up {u.shape} differ or width % 32 != 0")
     out = np.empty_like(g)
     outq = np.empty((g.shape[0], g.shape[1] // 32 * 34), dtype=np.uint8)
-    (_swiglu_q8_ser if _serial(g) else _swiglu_q8_par)(g, u, out, outq)
+    (ser if _serial(g) else par)(g, u, out, outq)
     return out, outq
+
+
+def swiglu_q8_0(g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """silu(g) * u and its Q8_0 quantization in one pass."""
+    return _gated_q8_0("swiglu", _swiglu_q8_ser, _swiglu_q8_par, g, u)
 
 
 def swiglu(g: np.ndarray, u: np.ndarray) -> np.ndarray:
     """silu(g) * u."""
     return swiglu_q8_0(g, u)[0]
+
+
+_GELU_C = np.float32(math.sqrt(2.0 / math.pi))
+
+
+@njit(inline="always", **FAST)
+def _geglu_row(g, u, out, t):
+    # g, u, out: (n, f) f32; out = gelu_tanh(g) * u (Gemma's gated FFN; ggml_gelu's formula)
+    for i in range(g.shape[1]):
+        v = g[t, i]
+        out[t, i] = np.float32(0.5) * v * (np.float32(1.0) + np.tanh(
+            _GELU_C * v * (np.float32(1.0) + np.float32(0.044715) * v * v))) * u[t, i]
+
+
+@njit(**FAST_PARALLEL)
+def _geglu_q8_par(g, u, out, outq):
+    for t in prange(g.shape[0]):
+        _geglu_row(g, u, out, t)
+        _quantize_row_q8_0(out[t], outq[t], 0)
+
+
+@njit(**FAST)
+def _geglu_q8_ser(g, u, out, outq):
+    for t in range(g.shape[0]):
+        _geglu_row(g, u, out, t)
+        _quantize_row_q8_0(out[t], outq[t], 0)
+
+
+def geglu_q8_0(g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """gelu_tanh(g) * u and its Q8_0 quantization in one pass."""
+    return _gated_q8_0("geglu", _geglu_q8_ser, _geglu_q8_par, g, u)
 
 
 @njit(**PARALLEL)

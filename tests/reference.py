@@ -38,17 +38,25 @@ def softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def attention(q, K, V, pos0):
-    # q: (n, H, hd); K, V: (n_kv_total, Hkv, hd); causal from absolute pos0
+def attention(q, K, V, pos0, window=0, scale=None):
+    # q: (n, H, hd); K, V: (n_kv_total, Hkv, hd); causal from absolute pos0; window > 0:
+    # the query at position t sees [t-window+1, t] only
     n, H, hd = q.shape
     g = H // K.shape[1]
+    scale = 1.0 / math.sqrt(hd) if scale is None else scale
     out = np.zeros((n, H, V.shape[2]))
     for i in range(n):
         na = pos0 + i + 1
+        lo = max(0, na - window) if window > 0 else 0
         for h in range(H):
-            s = K[:na, h // g] @ q[i, h] / math.sqrt(hd)
-            out[i, h] = softmax(s) @ V[:na, h // g]
+            s = K[lo:na, h // g] @ q[i, h] * scale
+            out[i, h] = softmax(s) @ V[lo:na, h // g]
     return out
+
+
+def gelu_tanh(x):
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
 def _dense(t) -> np.ndarray:

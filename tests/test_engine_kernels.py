@@ -11,7 +11,7 @@ from engine import _numba
 from engine.attention import attention
 from engine.kvcache import KVCache
 from engine.matmul import gemm_f32, gemm_q8_0
-from engine.ops import rmsnorm, rmsnorm_q8_0, rope_cache, rope_inplace, softmax, swiglu, swiglu_q8_0
+from engine.ops import geglu_q8_0, rmsnorm, rmsnorm_q8_0, rope_cache, rope_inplace, softmax, swiglu, swiglu_q8_0
 from engine.quant import quantize_q8_0
 
 SIMDS = ["scalar"] + (["avx2"] if _numba.SIMD == "avx2" else [])
@@ -104,6 +104,17 @@ def test_swiglu_and_softmax(n):
     assert ref.rel_err(softmax(s), ref.softmax(s.astype(np.float64))) < 1e-5
 
 
+@pytest.mark.parametrize("n", [4, 1100])
+def test_geglu_against_gelu_tanh(n):
+    g = rng.standard_normal((n, 64)).astype(np.float32) * 4
+    u = rng.standard_normal((n, 64)).astype(np.float32)
+    out, outq = geglu_q8_0(g, u)
+    assert ref.rel_err(out, ref.gelu_tanh(g) * u) < 1e-5
+    assert np.array_equal(outq, quants.quantize(out, T.Q8_0))
+    with pytest.raises(ValueError, match="geglu"):
+        geglu_q8_0(g[:, :48], u[:, :48])
+
+
 # Tolerances: f32 cache ~1e-6; f16 rounds K/V to 11 bits (~5e-4); q8_0 quantizes K, V
 # and Q to 8 bits per 32-block (~1% of the largest output).
 _TOL = {"f32": 2e-6, "f16": 2e-3, "q8_0": 2.5e-2}
@@ -125,6 +136,43 @@ def test_attention_against_exact_softmax(simd, flash, tk, tv, n_head, n_kv):
     expect = ref.attention(q.astype(np.float64), K.astype(np.float64), V.astype(np.float64), filled)
     tol = max(_TOL[tk], _TOL[tv])
     assert ref.rel_err(got, expect) < tol
+
+
+@pytest.mark.parametrize("simd", SIMDS)
+@pytest.mark.parametrize("flash", [True, False])
+@pytest.mark.parametrize("tk", ["f32", "q8_0"])
+@pytest.mark.parametrize("window,filled,n_q", [(100, 300, 19), (64, 130, 1), (512, 40, 19), (7, 0, 24)])
+def test_sliding_window_attention(simd, flash, tk, window, filled, n_q):
+    """Gemma's local layers: query at t sees [t-window+1, t]; windows that start mid-chunk,
+    windows longer than the context, and a window shorter than the batch."""
+    hd, n_head, n_kv = 64, 4, 1
+    cache = KVCache(1, 512, n_kv, hd, hd, tk, "f16")
+    K = rng.standard_normal((filled + n_q, n_kv, hd)).astype(np.float32)
+    V = rng.standard_normal((filled + n_q, n_kv, hd)).astype(np.float32)
+    cache.store(0, 0, K.reshape(len(K), -1), V.reshape(len(V), -1))
+    cache.commit(0, len(K))
+    q = rng.standard_normal((n_q, n_head, hd)).astype(np.float32) * 2
+    got = attention(q, cache, 0, filled, flash=flash, simd=simd, window=window, scale=0.1)
+    expect = ref.attention(q.astype(np.float64), K.astype(np.float64), V.astype(np.float64), filled,
+                           window=window, scale=0.1)
+    assert ref.rel_err(got, expect) < max(_TOL[tk], _TOL["f16"])
+    if window < filled + n_q:   # the window really cuts: full attention differs
+        full = ref.attention(q.astype(np.float64), K.astype(np.float64), V.astype(np.float64), filled, scale=0.1)
+        assert ref.rel_err(got, full) > 10 * _TOL[tk]
+
+
+def test_sliding_window_with_k_repack():
+    """A PP batch whose window starts inside the repacked Q8_0_R8 view."""
+    from engine.q8_0_r8 import RepackScratch
+    hd, n_q, filled, window = 64, 64, 200, 100
+    cache = KVCache(1, 512, 1, hd, hd, "q8_0", "q8_0")
+    K = rng.standard_normal((filled + n_q, hd)).astype(np.float32)
+    cache.store(0, 0, K, K[::-1].copy())
+    cache.commit(0, len(K))
+    q = rng.standard_normal((n_q, 2, hd)).astype(np.float32)
+    plain = attention(q, cache, 0, filled, flash=True, window=window, k_repack="off")
+    r8 = attention(q, cache, 0, filled, flash=True, window=window, k_repack="on", scratch=RepackScratch())
+    assert ref.rel_err(r8, plain) < 1e-3
 
 
 def test_flash_and_plain_agree_at_long_context():
