@@ -15,6 +15,7 @@ which the load log reports.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,8 +28,9 @@ from engine.errors import GGUFError
 from engine.gguf_file import GGUFFile
 from engine.quant import quantize_q8_0
 
-ARCHS = ("llama", "qwen2", "qwen2moe", "deepseek2")  # MoE / MLA: engine.moe_model, engine.deepseek2
-_NEOX_ARCHS = {"qwen2", "qwen2moe"}
+# MoE / MLA: engine.moe_model, engine.deepseek2; gemma3 (extra norms, sliding window): engine.gemma3
+ARCHS = ("llama", "qwen2", "qwen2moe", "deepseek2", "gemma3")
+_NEOX_ARCHS = {"qwen2", "qwen2moe", "gemma3"}
 _FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
 
 
@@ -229,6 +231,7 @@ def _matrix(t, path: str, n_out: int, n_in: int, repacked: dict, keep_float: boo
 
 def load_weights(reader: GGUFFile, cfg: ModelConfig, path: str,
                  log: Callable[[str], None] | None = None) -> Weights:
+    t_start = time.perf_counter()
     tensors = {t.name: t for t in reader.tensors}
     repacked: dict[str, int] = {}
 
@@ -269,7 +272,8 @@ def load_weights(reader: GGUFFile, cfg: ModelConfig, path: str,
     output = token_embd if tied else mat("output.weight", n_vocab, E)
     if repacked and log:
         kinds = ", ".join(f"{n} x {k}" for k, n in sorted(repacked.items()))
-        log(f"run-time repack: converted {kinds} tensors to Q8_0 at load")
+        log(f"run-time repack: converted {kinds} tensors to Q8_0 at load "
+            f"({sum(repacked.values())} tensors, {time.perf_counter() - t_start:.1f} s)")
     return Weights(token_embd=token_embd, layers=tuple(layers),
                    output_norm=_vector(need("output_norm.weight"), path, E),
                    output=output, tied_output=tied, repacked=repacked)

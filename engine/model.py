@@ -211,6 +211,20 @@ class Model:
         return _matmul(self.weights.output, h, hq)
 
 
+def place_weights(weights: Weights, reader, opts: EngineOptions,
+                  log: Callable[[str], None] | None = None) -> tuple[Weights, RepackReport | None]:
+    """-rtr (repack to Q8_0_R8, releasing the file pages) or --no-mmap (copy out of the
+    mapping) for llama-shaped weights; else the mmap'd arrays as they are."""
+    if opts.rtr:
+        weights, report = repack_weights(weights, release=mmap_releaser(reader.data))
+        if log:
+            log(report.line())
+        return weights, report
+    if opts.no_mmap:                                 # -rtr already copied everything
+        weights = copy_arrays(weights)
+    return weights, None
+
+
 def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16", type_v: str = "f16",
                flash_attn: bool = True, n_threads: int = 0, n_threads_batch: int = 0,
                fused_moe: bool = False, mla: int = 0, amb: int = 0,
@@ -219,7 +233,8 @@ def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16
     """Load a GGUF model with a KV cache of n_ctx positions.
 
     llama / qwen2 run here; qwen2moe and llama-with-experts (mixtral) go to
-    engine.moe_model, deepseek2 to engine.deepseek2 (chosen by general.architecture).
+    engine.moe_model, deepseek2 to engine.deepseek2, gemma3 to engine.gemma3 (chosen by
+    general.architecture).
     """
     opts = EngineOptions(n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=flash_attn,
                          n_threads=n_threads, n_threads_batch=n_threads_batch,
@@ -228,20 +243,16 @@ def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16
     t0 = time.perf_counter()
     path = str(path)
     reader = open_gguf(path)
-    from engine import deepseek2, moe_model  # these import this module
+    from engine import deepseek2, gemma3, moe_model  # these import this module
     if deepseek2.is_deepseek2(reader):
         return deepseek2.load_deepseek2(reader, path, opts, log=log, t0=t0)
     if moe_model.is_moe_llama(reader):
         return moe_model.load_moe_llama(reader, path, opts, log=log, t0=t0)
+    if gemma3.is_gemma3(reader):
+        return gemma3.load_gemma3(reader, path, opts, log=log, t0=t0)
     cfg = ModelConfig.from_gguf(reader, path)
     weights = load_weights(reader, cfg, path, log=log)
-    rtr_report = None
-    if opts.rtr:
-        weights, rtr_report = repack_weights(weights, release=mmap_releaser(reader.data))
-        if log:
-            log(rtr_report.line())
-    elif opts.no_mmap:                               # -rtr already copied everything
-        weights = copy_arrays(weights)
+    weights, rtr_report = place_weights(weights, reader, opts, log)
     if cfg.n_vocab == 0:
         cfg = ModelConfig(**{**cfg.__dict__, "n_vocab": weights.token_embd.n_out})
     model = Model(path, cfg, weights, opts, time.perf_counter() - t0)

@@ -80,8 +80,9 @@ def make_model(path: str | os.PathLike, shape: str | Shape = "tiny", *, seed: in
                tied_output: bool = False, **overrides) -> Path:
     """Write a llama/qwen2 GGUF with random weights for a named shape; return its path.
 
-    MoE shapes (MOE_SHAPES: qwen2moe/mixtral) and DeepSeek-2 shapes (DEEPSEEK2_SHAPES)
-    are dispatched on the shape name to make_moe_model / make_deepseek2_model.
+    MoE shapes (MOE_SHAPES: qwen2moe/mixtral), DeepSeek-2 shapes (DEEPSEEK2_SHAPES) and Gemma 3
+    shapes (GEMMA3_SHAPES) are dispatched on the shape name to make_moe_model /
+    make_deepseek2_model / make_gemma3_model.
     """
     if wtype not in WTYPES:
         raise EngineError(f"--wtype: unknown weight type {wtype!r} (allowed: {', '.join(WTYPES)})")
@@ -89,6 +90,8 @@ def make_model(path: str | os.PathLike, shape: str | Shape = "tiny", *, seed: in
         return make_moe_model(path, shape, seed=seed, wtype=wtype, tied_output=tied_output, **overrides)
     if isinstance(shape, DeepSeek2Shape) or shape in DEEPSEEK2_SHAPES:
         return make_deepseek2_model(path, shape, seed=seed, wtype=wtype, tied_output=tied_output, **overrides)
+    if isinstance(shape, Gemma3Shape) or shape in GEMMA3_SHAPES:
+        return make_gemma3_model(path, shape, seed=seed, wtype=wtype, **overrides)
     s = resolve_shape(shape, **overrides)
     name = shape if isinstance(shape, str) else "custom"
     rng = np.random.default_rng(seed)
@@ -212,7 +215,34 @@ DEEPSEEK2_SHAPES: dict[str, DeepSeek2Shape] = {
                                       nope=128, rope=64, v_dim=128, ffn=5632, experts=16, experts_used=4,
                                       shared=1, ffn_exp=1024, vocab=32000),
 }
-ALL_SHAPES = tuple(SHAPES) + tuple(MOE_SHAPES) + tuple(DEEPSEEK2_SHAPES)
+
+
+@dataclass(frozen=True)
+class Gemma3Shape:
+    """gemma3: q/k norms, post-attention/FFN norms, GeGLU, local layers with a sliding window
+    and every ``swa_pattern``-th layer global (engine.gemma3); head_dim need not be dim/heads."""
+
+    dim: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    sliding_window: int
+    swa_pattern: int = 6       # written only when it is not llama.cpp's default of 6
+    ctx_train: int = 32768
+    rope_base: float = 1000000.0
+    rope_base_swa: float = 10000.0
+
+
+GEMMA3_SHAPES: dict[str, Gemma3Shape] = {
+    # Gemma 3 270M's structure in miniature (1 KV head, head_dim > dim/heads, window 32 so that
+    # tests cross it): 6 layers, the last one global.
+    "gemma3-tiny": Gemma3Shape(dim=256, layers=6, heads=4, kv_heads=1, head_dim=128, ffn=512, vocab=1024,
+                               sliding_window=32),
+}
+ALL_SHAPES = tuple(SHAPES) + tuple(MOE_SHAPES) + tuple(DEEPSEEK2_SHAPES) + tuple(GEMMA3_SHAPES)
 
 
 def _start_writer(tmp: Path, arch: str, name: str, layers: int, ctx: int, dim: int, heads: int,
@@ -411,4 +441,57 @@ def make_deepseek2_model(path: str | os.PathLike, shape: str | DeepSeek2Shape = 
     w.add_tensor("output_norm.weight", norm(s.dim))
     if not tied_output:
         _matrix(w, rng, "output.weight", s.vocab, s.dim, wtype, s.dim ** -0.5)
+    return _finish_writer(w, tmp, path)
+
+
+def make_gemma3_model(path: str | os.PathLike, shape: str | Gemma3Shape = "gemma3-tiny", *, seed: int = 0,
+                      wtype: str = "q8_0", **overrides) -> Path:
+    """Write a gemma3 GGUF with random weights (llama.cpp's tensor names and keys; tied output).
+
+    Norm weights are stored as (1 + w) like the converter writes them; post-norm weights are
+    kept small-ish so the residual stream stays O(1) through the layers.
+    """
+    s = _resolve(GEMMA3_SHAPES, shape, overrides)
+    if any(v % 32 for v in (s.dim, s.head_dim, s.ffn)) or s.heads % s.kv_heads or s.sliding_window <= 0 \
+            or s.swa_pattern <= 0:
+        raise EngineError(f"make-model: inconsistent gemma3 shape {asdict(s)} (dims must be multiples of 32)")
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    name = shape if isinstance(shape, str) else "custom"
+    w = _start_writer(tmp, "gemma3", f"numasweep-{name}-{wtype}-seed{seed}", s.layers, s.ctx_train, s.dim,
+                      s.heads, s.vocab, wtype)
+    w.add_head_count_kv(s.kv_heads)
+    w.add_key_length(s.head_dim)
+    w.add_value_length(s.head_dim)
+    w.add_feed_forward_length(s.ffn)
+    w.add_rope_freq_base(s.rope_base)
+    w.add_sliding_window(s.sliding_window)
+    if s.swa_pattern != 6:
+        w.add_uint32("gemma3.attention.sliding_window_pattern", s.swa_pattern)
+    if s.rope_base_swa != 10000.0:
+        w.add_float32("gemma3.rope.freq_base_swa", s.rope_base_swa)
+
+    def norm(n, spread=0.1):
+        return (1.0 + spread * rng.standard_normal(n)).astype(np.float32)
+
+    E, H, Hkv, D = s.dim, s.heads, s.kv_heads, s.head_dim
+    _matrix(w, rng, "token_embd.weight", s.vocab, E, wtype, E ** -0.5)   # x sqrt(dim) at the input
+    for i in range(s.layers):
+        p = f"blk.{i}."
+        w.add_tensor(p + "attn_norm.weight", norm(E))
+        _matrix(w, rng, p + "attn_q.weight", H * D, E, wtype, E ** -0.5)
+        _matrix(w, rng, p + "attn_k.weight", Hkv * D, E, wtype, E ** -0.5)
+        _matrix(w, rng, p + "attn_v.weight", Hkv * D, E, wtype, E ** -0.5)
+        w.add_tensor(p + "attn_q_norm.weight", norm(D))
+        w.add_tensor(p + "attn_k_norm.weight", norm(D))
+        _matrix(w, rng, p + "attn_output.weight", E, H * D, wtype, (H * D) ** -0.5)
+        w.add_tensor(p + "post_attention_norm.weight", norm(E, 0.05) * 0.5)
+        w.add_tensor(p + "ffn_norm.weight", norm(E))
+        _matrix(w, rng, p + "ffn_gate.weight", s.ffn, E, wtype, E ** -0.5)
+        _matrix(w, rng, p + "ffn_up.weight", s.ffn, E, wtype, E ** -0.5)
+        _matrix(w, rng, p + "ffn_down.weight", E, s.ffn, wtype, s.ffn ** -0.5)
+        w.add_tensor(p + "post_ffw_norm.weight", norm(E, 0.05) * 0.5)
+    w.add_tensor("output_norm.weight", norm(E))
     return _finish_writer(w, tmp, path)
