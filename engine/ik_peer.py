@@ -21,15 +21,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import time
 from collections import deque
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
 from engine.errors import EngineError
-from engine.model import rss_hwm_mib
-from engine.sweep import SweepConfig, SweepRow
+from engine.sweep import SweepConfig, SweepRow, sweep
 
 # ggml_type ids of the cache types we compare (ggml.h: GGML_TYPE_F32/F16/Q8_0)
 GGML_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
@@ -130,6 +128,10 @@ class IkPeer:
         self._n_past = 0
 
     # -- KV cache (Model's names, so engine code can take either) --------------------
+    @property
+    def kv_capacity(self) -> int:
+        return self.n_ctx
+
     @property
     def n_past(self) -> int:
         return self._n_past
@@ -251,43 +253,8 @@ def greedy(m: Evaluator, prompt_ids: Sequence[int], n: int) -> list[int]:
     return greedy_with_margins(m, prompt_ids, n)[0]
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def ik_sweep(peer: IkPeer, cfg: SweepConfig) -> Iterator[SweepRow]:
-    """engine.sweep.sweep through ik: same schedule, warm-up, seeded token stream and rows.
-
-    Kept draw for draw with engine.sweep so both engines see the same token ids.
-    """
-    cfg.validate()
-    if cfg.n_ctx > peer.n_ctx:
-        raise EngineError(f"-c: sweep context {cfg.n_ctx} exceeds the ik context ({peer.n_ctx})")
+    """engine.sweep.sweep through ik: the same loop, warm-up, seeded token stream and rows."""
     if cfg.n_ubatch > peer.n_batch:
         raise EngineError(f"-ub: {cfg.n_ubatch} exceeds the ik batch ({peer.n_batch})")
-    rng = np.random.default_rng(cfg.seed)
-    n_vocab, ub, tg = peer.n_vocab, cfg.n_ubatch, cfg.tg
-    peer.kv_clear()                                   # warm-up, untimed (engine.sweep.warmup)
-    peer.eval(rng.integers(0, n_vocab, ub), 0, all_logits=False)
-    peer.eval(rng.integers(0, n_vocab, 1), ub)
-    peer.kv_clear()
-    for row_i, n_kv in enumerate(range(0, cfg.n_ctx, ub)):
-        if row_i % cfg.stride:
-            peer.eval(rng.integers(0, n_vocab, ub), n_kv, all_logits=False)
-            continue
-        for rep in range(cfg.nrep):
-            peer.kv_remove(n_kv)
-            toks = rng.integers(0, n_vocab, tg)
-
-            def run_tg():
-                for i in range(tg):
-                    peer.eval(toks[i:i + 1], n_kv + i)
-
-            t_tg = _timed(run_tg)
-            peer.kv_remove(n_kv)
-            batch = rng.integers(0, n_vocab, ub)
-            t_pp = _timed(lambda: peer.eval(batch, n_kv, all_logits=False))
-            yield SweepRow(pp=ub, tg=tg, n_kv=n_kv, t_pp=t_pp, speed_pp=ub / t_pp, t_tg=t_tg,
-                           speed_tg=tg / t_tg, rss_hwm_mib=round(rss_hwm_mib(), 2), rep=rep)
+    return sweep(peer, cfg, scratch_mib=lambda: 0.0)

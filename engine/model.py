@@ -159,7 +159,16 @@ class Model:
         """K-repack scratch allocated so far (grow-only high-water mark), MiB."""
         return self.repack_scratch.hwm_bytes / 2**20
 
+    @property
+    def n_vocab(self) -> int:
+        return self.config.n_vocab
+
     # -- KV cache --------------------------------------------------------------------
+    @property
+    def kv_capacity(self) -> int:
+        """Positions the KV cache holds (n_ctx)."""
+        return self.cache.n_ctx
+
     @property
     def n_past(self) -> int:
         return self.cache.n_used

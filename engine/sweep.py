@@ -114,7 +114,7 @@ def _timed(fn) -> float:
 
 
 def warmup(model: Model, cfg: SweepConfig, rng: np.random.Generator) -> None:
-    n_vocab = model.config.n_vocab
+    n_vocab = model.n_vocab
     model.kv_clear()
     model.eval(rng.integers(0, n_vocab, cfg.n_ubatch), 0, all_logits=False)
     model.eval(rng.integers(0, n_vocab, 1), cfg.n_ubatch)
@@ -123,12 +123,15 @@ def warmup(model: Model, cfg: SweepConfig, rng: np.random.Generator) -> None:
 
 def sweep(model: Model, cfg: SweepConfig,
           scratch_mib: Callable[[], float] | None = None) -> Iterator[SweepRow]:
-    """Run the sweep and yield each row as soon as it is measured."""
+    """Run the sweep and yield each row as soon as it is measured.
+
+    ``model`` is anything with Model's eval / kv_clear / kv_truncate / n_vocab / kv_capacity
+    (engine.ik_peer.IkPeer runs the same loop through ik_llama.cpp)."""
     cfg.validate()
-    if cfg.n_ctx > model.cache.n_ctx:
-        raise EngineError(f"-c: sweep context {cfg.n_ctx} exceeds the model's KV cache ({model.cache.n_ctx})")
+    if cfg.n_ctx > model.kv_capacity:
+        raise EngineError(f"-c: sweep context {cfg.n_ctx} exceeds the model's KV cache ({model.kv_capacity})")
     rng = np.random.default_rng(cfg.seed)
-    n_vocab = model.config.n_vocab
+    n_vocab = model.n_vocab
     ub, tg = cfg.n_ubatch, cfg.tg
     warmup(model, cfg, rng)
     for row_i, n_kv in enumerate(range(0, cfg.n_ctx, ub)):

@@ -98,13 +98,12 @@ def test_window_matters_and_rtr_agrees(g3_tiny, g3_ref):
 
 
 def test_bad_gemma3_hparams(model_factory, tmp_path):
-    from engine.errors import GGUFError
+    from engine.errors import EngineError
     from engine.synth import make_gemma3_model
-    with pytest.raises(Exception, match="inconsistent gemma3 shape"):
+    with pytest.raises(EngineError, match="inconsistent gemma3 shape"):
         make_gemma3_model(tmp_path / "x.gguf", sliding_window=0)
-    p = model_factory("gemma3-tiny", seed=3, swa_pattern=7)
+    p = model_factory("gemma3-tiny", seed=3, swa_pattern=7)      # longer than the model: all local
     assert load_model(p, n_ctx=32).config.swa_layers == (True,) * 6
-    del GGUFError
 
 
 # -- the real model ----------------------------------------------------------------------
