@@ -163,40 +163,6 @@ def _swiglu_row(g, u, out, t):
         out[t, i] = v / (np.float32(1.0) + np.exp(-v)) * u[t, i]
 
 
-@njit(**FAST_PARALLEL)
-def _swiglu_q8_par(g, u, out, outq):
-    for t in prange(g.shape[0]):
-        _swiglu_row(g, u, out, t)
-        _quantize_row_q8_0(out[t], outq[t], 0)
-
-
-@njit(**FAST)
-def _swiglu_q8_ser(g, u, out, outq):
-    for t in range(g.shape[0]):
-        _swiglu_row(g, u, out, t)
-        _quantize_row_q8_0(out[t], outq[t], 0)
-
-
-def _gated_q8_0(name, ser, par, g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # shared checks/allocation of the gated-FFN activations: ((n, f) f32, (n, f/32*34) u8)
-    if g.shape != u.shape or g.ndim != 2 or g.shape[1] % 32:
-        raise ValueError(f"{name}: gate {g.shape} and up {u.shape} differ or width % 32 != 0")
-    out = np.empty_like(g)
-    outq = np.empty((g.shape[0], g.shape[1] // 32 * 34), dtype=np.uint8)
-    (ser if _serial(g) else par)(g, u, out, outq)
-    return out, outq
-
-
-def swiglu_q8_0(g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """silu(g) * u and its Q8_0 quantization in one pass."""
-    return _gated_q8_0("swiglu", _swiglu_q8_ser, _swiglu_q8_par, g, u)
-
-
-def swiglu(g: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """silu(g) * u."""
-    return swiglu_q8_0(g, u)[0]
-
-
 _GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 
 
@@ -209,23 +175,53 @@ def _geglu_row(g, u, out, t):
             _GELU_C * v * (np.float32(1.0) + np.float32(0.044715) * v * v))) * u[t, i]
 
 
-@njit(**FAST_PARALLEL)
-def _geglu_q8_par(g, u, out, outq):
-    for t in prange(g.shape[0]):
+@njit(inline="always", **FAST)
+def _gated_row(g, u, gelu, out, t):
+    if gelu:
         _geglu_row(g, u, out, t)
+    else:
+        _swiglu_row(g, u, out, t)
+
+
+# One pair of kernels for both activations (a runtime flag per row: a function argument
+# would make them uncacheable, see engine.attention).
+@njit(**FAST_PARALLEL)
+def _gated_q8_par(g, u, gelu, out, outq):
+    for t in prange(g.shape[0]):
+        _gated_row(g, u, gelu, out, t)
         _quantize_row_q8_0(out[t], outq[t], 0)
 
 
 @njit(**FAST)
-def _geglu_q8_ser(g, u, out, outq):
+def _gated_q8_ser(g, u, gelu, out, outq):
     for t in range(g.shape[0]):
-        _geglu_row(g, u, out, t)
+        _gated_row(g, u, gelu, out, t)
         _quantize_row_q8_0(out[t], outq[t], 0)
+
+
+def _gated_q8_0(name, gelu: bool, g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # shared checks/allocation of the gated-FFN activations: ((n, f) f32, (n, f/32*34) u8)
+    if g.shape != u.shape or g.ndim != 2 or g.shape[1] % 32:
+        raise ValueError(f"{name}: gate {g.shape} and up {u.shape} differ or width % 32 != 0")
+    out = np.empty_like(g)
+    outq = np.empty((g.shape[0], g.shape[1] // 32 * 34), dtype=np.uint8)
+    (_gated_q8_ser if _serial(g) else _gated_q8_par)(g, u, gelu, out, outq)
+    return out, outq
+
+
+def swiglu_q8_0(g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """silu(g) * u and its Q8_0 quantization in one pass."""
+    return _gated_q8_0("swiglu", False, g, u)
+
+
+def swiglu(g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """silu(g) * u."""
+    return swiglu_q8_0(g, u)[0]
 
 
 def geglu_q8_0(g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """gelu_tanh(g) * u and its Q8_0 quantization in one pass."""
-    return _gated_q8_0("geglu", _geglu_q8_ser, _geglu_q8_par, g, u)
+    return _gated_q8_0("geglu", True, g, u)
 
 
 @njit(**PARALLEL)

@@ -190,3 +190,19 @@ def test_bench_on_real_gemma3(gemma_path):
     rows = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
     assert [r["n_kv"] for r in rows] == [0, 480]
     assert all(r["speed_pp"] > 0 and r["speed_tg"] > 0 for r in rows)
+
+
+def test_bad_sliding_window_in_file(g3_tiny, tmp_path):
+    """A gemma3 GGUF whose sliding_window is 0: one GGUFError line naming the key."""
+    import shutil
+
+    from gguf import GGUFReader
+
+    from engine.errors import GGUFError
+    bad = tmp_path / "bad-window.gguf"
+    shutil.copy(g3_tiny, bad)
+    r = GGUFReader(str(bad), "r+")
+    r.fields["gemma3.attention.sliding_window"].parts[-1][0] = 0
+    del r
+    with pytest.raises(GGUFError, match=r"bad-window\.gguf: gemma3\.attention\.sliding_window must be > 0"):
+        load_model(bad, n_ctx=32)
