@@ -52,7 +52,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42, help="token-id stream seed (fixed: same every run)")
     p.add_argument("--k-repack", default="auto", choices=K_REPACK_MODES,
                    help="flash attention reads a q8_0 K cache as Q8_0_R8 for PP: auto = ik's rule "
-                        "(>= 8 tokens, K rows % 8 == 0), on = every PP batch, off = never (default auto)")
+                        "(>= 8 tokens, K rows %% 8 == 0), on = every PP batch, off = never (default auto)")
     p.add_argument("-rtr", "--run-time-repack", action="store_true",
                    help="repack Q8_0 weight matrices (not token_embd) to Q8_0_R8 at load (no mmap)")
     # MoE / DeepSeek-2 (engine.moe, engine.mla); accepted and recorded for every model, no effect on llama/qwen2
