@@ -166,6 +166,7 @@ def _read_bandwidth(threads: int) -> float:
     # bench/engine.py's probe; loaded by path (its module name would shadow the engine package)
     spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).parent / "engine.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_engine"] = mod   # numba's cache loader looks the module up by name
     spec.loader.exec_module(mod)
     return mod.read_bandwidth(threads, reps=3)[0]
 
@@ -178,10 +179,10 @@ class SweepRun:
 
     rows: list[dict]
     error: str
-    info: tuple[str, ...]   # ours' 'engine:' header, ik's 'system_info:' line
+    info: tuple[str, ...]   # ours' 'engine:' header, native ik's KV cache line (its types)
 
 
-INFO_PREFIXES = ("engine:", "system_info:")
+INFO_PREFIXES = ("engine:", "llama_init_from_model: KV self size")
 
 
 def run_sweep(argv: list[str]) -> SweepRun:
