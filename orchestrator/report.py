@@ -109,19 +109,28 @@ def _spelled(value) -> str:
 
 
 def _auto_ab(series: list[Series], runs: dict[int, dict]) -> tuple[str, str] | None:
-    """Default A/B: two runs (first is baseline), or one setting with two values (off is baseline)."""
+    """Default A/B: two runs (first is baseline); or, in one run, the setting with two values
+    (one of them off/false, the baseline, when several settings vary: the others split it)."""
     if len(runs) == 2:
         a, b = sorted(runs)
         return str(a), str(b)
-    vary = [k for k in varying_settings(series) if k != "model"]
-    if len(runs) == 1 and len(vary) == 1:
-        values = sorted({_spelled(s.settings.get(vary[0])) for s in series})
-        if len(values) == 2:
-            if "off" in values:
-                values.remove("off")
-                values.insert(0, "off")
-            return f"{vary[0]}={values[0]}", f"{vary[0]}={values[1]}"
-    return None
+    if len(runs) != 1:
+        return None
+    two = {}
+    for k in varying_settings(series):
+        values = sorted({_spelled(s.settings.get(k)) for s in series})
+        if k != "model" and len(values) == 2:
+            two[k] = values
+    offs = [k for k, v in two.items() if "off" in v or "false" in v]
+    key = offs[0] if len(offs) == 1 else next(iter(two)) if len(two) == 1 else None
+    if key is None:
+        return None
+    values = two[key]
+    for base in ("off", "false"):
+        if base in values:
+            values.remove(base)
+            values.insert(0, base)
+    return f"{key}={values[0]}", f"{key}={values[1]}"
 
 
 def _ab_section(series, runs, baseline, compare_sel) -> list:
