@@ -12,6 +12,8 @@ import argparse
 import sys
 
 from engine import _numba
+from engine.cli_edge import add_debug_flag
+from engine.cli_edge import run as run_cli
 from engine.errors import EngineError
 from engine.model import load_model, stderr_log
 from engine.q8_0_r8 import K_REPACK_MODES
@@ -137,12 +139,8 @@ def register(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine")
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except EngineError as exc:
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(parser.prog, parser, argv, (EngineError,))
