@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -53,7 +54,7 @@ def internal_error(name: str, exc: BaseException, debug: bool) -> int:
     text = "".join(traceback.format_exception(exc))
     where = None
     try:
-        fd, where = tempfile.mkstemp(prefix=name.replace(" ", "-").replace(".", "-") + "-", suffix=".traceback")
+        fd, where = tempfile.mkstemp(prefix=re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + "-", suffix=".traceback")
         with os.fdopen(fd, "w") as fh:
             fh.write(f"argv: {sys.argv!r}\npid: {os.getpid()}\n\n{text}")
     except OSError:
