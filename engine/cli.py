@@ -9,7 +9,6 @@ stderr so stdout stays machine-readable.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from engine import _numba
 from engine.cli_edge import add_debug_flag
