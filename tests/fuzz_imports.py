@@ -106,6 +106,11 @@ CASES = [
          "speed_tg": 1.0}) + "\n"), "t_pp")),
     Case("import", "markdown-zero-speed", _import(_fixture(
         "llama-bench-cpu.md", lambda t: t.replace("141.88 ± 1.06", "0.00 ± 0.00", 1)), "t/s", name="bad.md")),
+    Case("import", "sql-unterminated-300KB-string", _import(_text(
+        "CREATE TABLE llama_bench (n_prompt INTEGER, avg_ns INTEGER);\nINSERT INTO llama_bench VALUES ('"
+        + "a" * 300_000 + ");\n"), "unterminated string", name="bad.sql")),
+    Case("import", "log-300KB-space-run", _import(_text(
+        "print_info: a" + " " * 300_000 + "x\n" + TABLE + "| 512 | 128 | 0 | four | 1 | 1 | 1 |\n"), "not numeric")),
     Case("import", "host-profile-binary", _import(_with_bad_profile, "--host-profile", "hp.json", name="ok.json",
                                                   flags=("--host-profile", "hp.json"), names_file=False)),
 ]

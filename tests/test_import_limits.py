@@ -174,3 +174,30 @@ def test_file_changed_between_the_passes_rolls_everything_back(store, tmp_path):
     with pytest.raises(ImportFormatError, match="changed while being imported"):
         plan.write(store)
     assert store.runs() == []
+
+
+_HDR = "|    PP |     TG |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |\n|---|---|---|---|---|---|---|\n"
+_ROW = "| 1 | 1 | 0 | 1 | 1 | 1 | 1 |\n"
+_N = 300_000  # a line under the 1 MiB limit; a quadratic pattern would take hours on it
+_SLOW_LINES = {
+    "print-meta": "print_info: a" + " " * _N + "x\n" + _HDR + _ROW,
+    "loader-value": "llama_model_loader: - kv   1: general.name str = a" + " " * _N + "b\n" + _HDR + _ROW,
+    "context-value": "llama_context: n_ctx = a" + " " * _N + "b\n" + _HDR + _ROW,
+    "thp-brackets": "Current THP enabled and defrag configs are\n" + "[" * _N + "\n" + _HDR + _ROW,
+    "md-t/s": "| model | size | test | t/s |\n|---|---|---|---|\n| m | 1 | pp512 | 1" + "+-" * (_N // 2) + "x |\n",
+    "sql-unterminated-string": "CREATE TABLE llama_bench (n_prompt INTEGER, avg_ns INTEGER);\n"
+                               "INSERT INTO llama_bench VALUES ('" + "a" * _N + ");\n",
+    "csv-huge-header": "n_prompt,avg_ns," + "x" * _N + "\n1,2,3\n",
+}
+
+
+@pytest.mark.parametrize("name", list(_SLOW_LINES))
+def test_long_adversarial_lines_parse_in_linear_time(tmp_path, name):
+    p = tmp_path / "adversarial.log"
+    p.write_text(_SLOW_LINES[name])
+    t0 = time.monotonic()
+    try:
+        parse_file(p)
+    except ImportFormatError as exc:
+        assert str(exc).startswith(str(p))
+    assert time.monotonic() - t0 < 5, name

@@ -39,7 +39,8 @@ MD_COLUMNS = {
     "ser": "ser", "thp": "use_thp", "embd": "embeddings", "test": "test", "t/s": "t/s",
 }
 _TEST = re.compile(r"^(?:pp\s*(?P<pp>\d+))?(?:\+)?(?:tg\s*(?P<tg>\d+))?(?:\s*@\s*(?:d(?P<d>\d+)|pp(?P<gp>\d+)))?$")
-_TS = re.compile(r"^\s*([0-9.eE+-]+)\s*(?:±|\+/-|\+-)\s*([0-9.eE+-]+)\s*$")
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"  # one spelling each: linear even on a 1 MiB cell
+_TS = re.compile(rf"^\s*({_NUMBER})\s*(?:±|\+/-|\+-)\s*({_NUMBER})\s*$")
 
 
 def looks_like_llama_bench(text: str) -> bool:
@@ -107,7 +108,11 @@ def _jsonl_records(text: str, name: str, limits: ImportLimits) -> list[tuple[int
 
 def _csv_records(text: str, name: str, limits: ImportLimits) -> list[tuple[int, dict]]:
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "n_prompt" not in reader.fieldnames:
+    try:
+        header = reader.fieldnames  # reads the first row: a field over csv's size limit raises here
+    except csv.Error as exc:
+        raise ImportFormatError(f"{name}:1: bad CSV header: {exc}") from None
+    if not header or "n_prompt" not in header:
         raise ImportFormatError(f"{name}:1: not a llama-bench CSV header (no n_prompt column)")
     out = []
     try:

@@ -18,13 +18,15 @@ from orchestrator.errors import ImportFormatError
 from orchestrator.importers.limits import DEFAULT_LIMITS, ImportLimits
 
 TABLES = ("llama_bench", "test")  # mainline, ik_llama.cpp
+# Each alternative has one way to match a given text (strings are "unrolled": `''` only
+# between runs), so an unterminated 1 MiB literal fails in linear time, not exponential.
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<comment>--[^\n]*)
-  | (?P<string>'(?:[^']+|'')*')
+  | (?P<string>'[^']*(?:''[^']*)*')
   | (?P<number>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<quoted>"(?:[^"]+|"")*")
+  | (?P<quoted>"[^"]*(?:""[^"]*)*")
   | (?P<punct>[(),;])
   | (?P<operator>[*=<>/.|!%&~^:?@$\[\]{}+-])
 """, re.X)
