@@ -33,6 +33,16 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
                         help=f"print the traceback of an internal error (exit 3); also {DEBUG_ENV}=1")
 
 
+MAX_MESSAGE = 2000  # characters: a message quoting a huge bad value stays readable
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """Messages quote input files: no line breaks, no terminal control characters, bounded length."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", " | ".join(text.strip().splitlines()))
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "…"
+
+
 def user_message(exc: BaseException) -> str | None:
     """The one-line text of a bad-input error that is not ours: a path the OS refused."""
     if isinstance(exc, OSError) and exc.filename is not None:
@@ -61,7 +71,7 @@ def internal_error(name: str, exc: BaseException, debug: bool) -> int:
         where = None
     if debug:
         print(text, end="", file=sys.stderr)
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    first = one_line((str(exc).strip().splitlines() or [""])[0][:300])
     saved = f"traceback in {where}" if where else "traceback could not be saved"
     hint = "" if debug else f"; --debug or {DEBUG_ENV}=1 prints it"
     print(f"{name}: internal error: {type(exc).__name__}: {first} ({saved}{hint})", file=sys.stderr, flush=True)
@@ -101,11 +111,11 @@ def run(prog: str, parser: argparse.ArgumentParser | Callable[[], argparse.Argum
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except user_errors as exc:
-        print(f"{command_name(prog, args)}: error: {exc}", file=sys.stderr)
+        print(f"{command_name(prog, args)}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - the edge: everything else is a bug, reported once
         msg = user_message(exc)
         if msg is not None:
-            print(f"{command_name(prog, args)}: error: {msg}", file=sys.stderr)
+            print(f"{command_name(prog, args)}: error: {one_line(msg)}", file=sys.stderr)
             return EXIT_USAGE
         return internal_error(command_name(prog, args), exc, debug)

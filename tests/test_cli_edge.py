@@ -104,3 +104,11 @@ def test_numasweep_exit_codes_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(env, NUMASWEEP_DEBUG="1"),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 3 and r.stderr.startswith("Traceback (most recent call last)")
+
+
+def test_messages_are_one_printable_bounded_line(capsys):
+    bad = EngineError("x.log:3: row is not numeric: |\x1b[2J| \nsecond line " + "v" * 5000)
+    assert run("tool", _parser(_raise(bad)), ["go"], (EngineError,)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "\\x1b[2J" in err and " | second line" in err
+    assert len(err) < 2100 and err.rstrip().endswith("…")
