@@ -9,9 +9,10 @@ stderr so stdout stays machine-readable.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from engine import _numba
+from engine.cli_edge import add_debug_flag
+from engine.cli_edge import run as run_cli
 from engine.errors import EngineError
 from engine.model import load_model, stderr_log
 from engine.options import (SETTINGS, UNSUPPORTED_FLAGS, OptionError, check_combination, describe, option_flag,
@@ -132,12 +133,8 @@ def register(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine")
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except EngineError as exc:
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(parser.prog, parser, argv, (EngineError,))

@@ -18,6 +18,9 @@ def register(sub) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--label", help="label of the imported runs (default: each file's name)")
     p.add_argument("--host-profile", metavar="NAME", help="saved host profile (or profile JSON) the files came from")
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="raise an import bound: file=64MiB, line=1MiB (bytes), rows=100000, statements=100000 "
+                        "(SQL), cell=64KiB (SQL literal); repeatable")
     _store_arg(p)
     p.set_defaults(func=cmd_import)
 
@@ -43,10 +46,13 @@ def register(sub) -> None:
 
 
 def cmd_import(args) -> int:
-    from orchestrator.importers.ingest import import_files
+    from orchestrator.importers.ingest import plan_import
+    from orchestrator.importers.limits import DEFAULT_LIMITS
 
+    limits = DEFAULT_LIMITS.with_overrides(args.limit)
+    plan = plan_import(args.files, host_profile=args.host_profile, limits=limits)  # before the store is touched
     with Store.open(args.store) as store:
-        for res in import_files(store, args.files, label=args.label, host_profile=args.host_profile):
+        for res in plan.write(store, label=args.label):
             print(res.describe())
     return 0
 

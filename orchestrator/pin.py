@@ -172,9 +172,26 @@ def _parse_mem(text: str) -> tuple[str, tuple[int, ...]]:
     return mode, _parse_cpus(nodes) if nodes else ()
 
 
+PROG = "python -m orchestrator.pin"
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.pin",
-                                description="Pin CPU affinity + memory policy, then exec a command.")
+    """The launcher behind the common error edge (engine.cli_edge: 2 bad input, 3 internal error),
+    written out here so that the launcher never imports the engine (numba) before it execs."""
+    try:
+        return _launch(argv)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback in a file
+        from engine.cli_edge import DEBUG_ENV, internal_error
+
+        debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        return internal_error(PROG, exc, debug)
+
+
+def _launch(argv: list[str] | None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description="Pin CPU affinity + memory policy, then exec a command.")
     p.add_argument("--cpus", required=True, type=_parse_cpus)
     p.add_argument("--mem", default="none", type=_parse_mem)
     p.add_argument("--threads", type=int, default=None)
@@ -183,21 +200,28 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         p.error("no command after --")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads {args.threads}: must be >= 1")
     try:
         os.sched_setaffinity(0, args.cpus)
-        set_mempolicy(*args.mem)
-        # Die with the worker that started us (kill -9 of a worker must not leave an engine
-        # running on the slot's CPUs while its restart measures there). Survives exec.
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, PinError) as exc:
-        print(f"orchestrator.pin: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"{PROG}: error: --cpus {format_cpulist(args.cpus)}: cannot run there "
+              f"(sched_setaffinity: {exc.strerror})", file=sys.stderr)
         return 2
+    try:
+        set_mempolicy(*args.mem)
+    except (OSError, PinError) as exc:
+        print(f"{PROG}: error: --mem {args.mem[0]}: {exc}", file=sys.stderr)
+        return 2
+    # Die with the worker that started us (kill -9 of a worker must not leave an engine
+    # running on the slot's CPUs while its restart measures there). Survives exec.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     env = dict(os.environ, **pin_env(args.threads or len(args.cpus)))
     try:
         os.execvpe(cmd[0], cmd, env)
-    except OSError as exc:
-        print(f"orchestrator.pin: cannot run {cmd[0]!r}: {exc.strerror}", file=sys.stderr)
-        return 127
+    except OSError as exc:  # bad input like any other: the command named cannot be run
+        print(f"{PROG}: error: {cmd[0]}: cannot run: {exc.strerror}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ def settings_key_for(settings: dict) -> str:
 
 
 def _check_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise StoreError(f"point field {name} must be a non-negative integer, got {value!r}")
+    # < 2**63: SQLite's INTEGER; a larger Python int would fail only when stored.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise StoreError(f"point field {name} must be an integer from 0 to 2^63-1, got {value!r}"[:300])
 
 
 def _check_float(name: str, value: Any, optional: bool = False) -> None:

@@ -34,6 +34,7 @@ for _k, _v in _QUIET_ENV.items():
 import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
+from orchestrator import reaper  # noqa: E402
 from orchestrator.jobs import HostInfo, HostLost, Job, JobFailed, SlotConfig, WorkerLost  # noqa: E402
 
 SIM_ROOT_ENV = "NUMASWEEP_SIM_ROOT"
@@ -45,18 +46,27 @@ MAX_RESTARTS = 3
 
 def start_local(*, num_cpus: int | None = None, temp_dir: str | None = None, object_store_mb: int = 96,
                 dashboard: bool = False, dashboard_port: int | None = None) -> LocalRay:
-    """Start an embedded Ray on loopback."""
-    own = None if temp_dir else tempfile.mkdtemp(prefix="nsw-ray-")  # short: Ray puts sockets in it
+    """Start an embedded Ray on loopback, guarded so that none of it outlives this process."""
+    reaper.clean_stale()  # dirs of embedded Rays whose coordinator was killed
+    own = None if temp_dir else tempfile.mkdtemp(prefix=reaper.PREFIX)  # short: Ray puts sockets in it
     temp_dir = temp_dir or own
+    guard = reaper.guard(temp_dir, remove=own is not None)
     kwargs = {}
     if dashboard_port is not None:
         kwargs["dashboard_port"] = dashboard_port
-    ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
-                   object_store_memory=object_store_mb * 2**20, _temp_dir=temp_dir,
-                   include_dashboard=dashboard, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-                   logging_level=logging.WARNING, log_to_driver=True, **kwargs)
+    try:
+        ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                       object_store_memory=object_store_mb * 2**20, _temp_dir=temp_dir,
+                       include_dashboard=dashboard, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                       logging_level=logging.WARNING, log_to_driver=True, **kwargs)
+    except BaseException:
+        if guard is not None:
+            guard.close()  # kills whatever started
+        raise
+    if guard is not None:
+        guard.scan()  # the raylet's agents exist now: record them
     url = ctx.dashboard_url
-    return LocalRay(ctx.address_info["gcs_address"], f"http://{url}" if url else None, own)
+    return LocalRay(ctx.address_info["gcs_address"], f"http://{url}" if url else None, own, guard)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +74,7 @@ class LocalRay:
     gcs_address: str
     dashboard_url: str | None  # None without the dashboard
     temp_dir: str | None       # ours to remove at shutdown (None: the caller's)
+    guard: reaper.Guard | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def connect(address: str | None) -> None:
@@ -80,6 +91,8 @@ def job_client(address: str):
 
 def shutdown(local: LocalRay | None = None) -> None:
     ray.shutdown()
+    if local is not None and local.guard is not None:
+        local.guard.close()  # kills what ray.shutdown left (the raylet's agents linger for minutes)
     if local is not None and local.temp_dir:
         shutil.rmtree(local.temp_dir, ignore_errors=True)
 

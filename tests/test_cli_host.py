@@ -84,7 +84,7 @@ def test_user_errors_are_one_line_exit_2(capsys):
 
 def test_cli_catches_profile_errors_as_user_errors():
     from hostprofiles.errors import USER_ERRORS, PlacementError, ProfileError, SchemaError
-    from orchestrator.cli import _user_errors
+    from orchestrator.cli import USER_ERRORS as CLI_USER_ERRORS
 
     assert ProfileError in USER_ERRORS and issubclass(PlacementError, ProfileError)
-    assert issubclass(SchemaError, ProfileError) and ProfileError in _user_errors()
+    assert issubclass(SchemaError, ProfileError) and ProfileError in CLI_USER_ERRORS

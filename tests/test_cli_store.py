@@ -73,6 +73,8 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
     assert msg.count("\n") == 1 and "notes.txt: unrecognised format" in msg
     assert run_cli(["import", str(FIX / "llama-bench-cpu.md"), "--host-profile", "no-such-host", "--store", db]) == 2
     assert "no-such-host" in capsys.readouterr().out
+    assert not Path(db).exists()  # a refused import creates no store
+    Store.open(db).close()
     assert run_cli(["export", "--run", "7", "--store", db]) == 2
     assert "no run 7" in capsys.readouterr().out
     assert run_cli(["report", "3", "--store", db, "-o", str(tmp_path / "r")]) == 2

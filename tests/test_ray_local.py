@@ -27,9 +27,9 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def ray_local():
     tmp = tempfile.mkdtemp(prefix="nsw-t-")
-    ray_backend.start_local(temp_dir=tmp)
+    local = ray_backend.start_local(temp_dir=tmp)
     yield
-    ray_backend.shutdown()
+    ray_backend.shutdown(local)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -13,10 +13,11 @@ import csv
 import io
 import json
 import re
-import sqlite3
 
 from orchestrator.errors import ImportFormatError
+from orchestrator.importers.limits import DEFAULT_LIMITS, ImportLimits
 from orchestrator.importers.parsed import MEASUREMENT_KEYS, ParsedLog, common_settings
+from orchestrator.importers.sql_dump import read_sql_dump
 
 # llama-bench field -> numasweep setting (ik's `repack` is -rtr; mainline's is loader policy).
 SETTING_FIELDS = {
@@ -38,7 +39,8 @@ MD_COLUMNS = {
     "ser": "ser", "thp": "use_thp", "embd": "embeddings", "test": "test", "t/s": "t/s",
 }
 _TEST = re.compile(r"^(?:pp\s*(?P<pp>\d+))?(?:\+)?(?:tg\s*(?P<tg>\d+))?(?:\s*@\s*(?:d(?P<d>\d+)|pp(?P<gp>\d+)))?$")
-_TS = re.compile(r"^\s*([0-9.eE+-]+)\s*(?:±|\+/-|\+-)\s*([0-9.eE+-]+)\s*$")
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"  # one spelling each: linear even on a 1 MiB cell
+_TS = re.compile(rf"^\s*({_NUMBER})\s*(?:±|\+/-|\+-)\s*({_NUMBER})\s*$")
 
 
 def looks_like_llama_bench(text: str) -> bool:
@@ -48,24 +50,26 @@ def looks_like_llama_bench(text: str) -> bool:
     )
 
 
-def parse_llama_bench_text(text: str, name: str = "<text>") -> ParsedLog:
+def parse_llama_bench_text(text: str, name: str = "<text>", limits: ImportLimits = DEFAULT_LIMITS) -> ParsedLog:
     """Parse any llama-bench output format (detected from the text)."""
     stripped = text.lstrip("\ufeff \t\r\n")
     flavour = None
     if re.search(r"^\s*CREATE TABLE", text, re.M | re.I):
-        (records, flavour), fmt = _sql_records(text, name), "sql"
+        (records, flavour), fmt = read_sql_dump(text, name, limits), "sql"
     elif stripped.startswith("["):
         records, fmt = _json_records(text, name), "json"
     elif stripped.startswith("{"):
-        records, fmt = _jsonl_records(text, name), "jsonl"
+        records, fmt = _jsonl_records(text, name, limits), "jsonl"
     elif re.search(r"^\|\s*model\s*\|", text, re.M):
-        return _markdown(text, name)
+        return _markdown(text, name, limits)
     else:
-        records, fmt = _csv_records(text, name), "csv"
+        records, fmt = _csv_records(text, name, limits), "csv"
+    if len(records) > limits.rows:
+        raise limits.refuse("rows", f"{name}: {len(records)} llama-bench records are too many")
     if flavour is None:
         # ik's test records carry MLA fields and a `test` label; mainline's do not.
         flavour = "ik-llama-bench" if records and "mla_attn" in records[0][1] else "llama-bench"
-    return _to_parsed(records, flavour, name, fmt=fmt)
+    return _to_parsed(records, flavour, name, fmt=fmt, limits=limits)
 
 
 # -- record readers: each returns [(line, {field: value})] -------------------------------
@@ -74,6 +78,8 @@ def _json_records(text: str, name: str) -> list[tuple[int, dict]]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ImportFormatError(f"{name}:{exc.lineno}: bad llama-bench JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ImportFormatError(f"{name}: llama-bench JSON is nested too deeply") from None
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise ImportFormatError(f"{name}:1: llama-bench JSON must be an array of objects")
     # Object i starts where its `{` is: find line numbers for messages.
@@ -81,7 +87,7 @@ def _json_records(text: str, name: str) -> list[tuple[int, dict]]:
     return [(starts[i] if i < len(starts) else 1, r) for i, r in enumerate(data)]
 
 
-def _jsonl_records(text: str, name: str) -> list[tuple[int, dict]]:
+def _jsonl_records(text: str, name: str, limits: ImportLimits) -> list[tuple[int, dict]]:
     out = []
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -90,15 +96,23 @@ def _jsonl_records(text: str, name: str) -> list[tuple[int, dict]]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ImportFormatError(f"{name}:{i}: bad llama-bench JSONL row: {exc.msg}") from None
+        except RecursionError:
+            raise ImportFormatError(f"{name}:{i}: llama-bench JSONL row is nested too deeply") from None
         if not isinstance(rec, dict):
             raise ImportFormatError(f"{name}:{i}: llama-bench JSONL row is not an object")
         out.append((i, rec))
+        if len(out) > limits.rows:
+            raise limits.refuse("rows", f"{name}:{i}: more than {limits.rows} llama-bench records")
     return out
 
 
-def _csv_records(text: str, name: str) -> list[tuple[int, dict]]:
+def _csv_records(text: str, name: str, limits: ImportLimits) -> list[tuple[int, dict]]:
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "n_prompt" not in reader.fieldnames:
+    try:
+        header = reader.fieldnames  # reads the first row: a field over csv's size limit raises here
+    except csv.Error as exc:
+        raise ImportFormatError(f"{name}:1: bad CSV header: {exc}") from None
+    if not header or "n_prompt" not in header:
         raise ImportFormatError(f"{name}:1: not a llama-bench CSV header (no n_prompt column)")
     out = []
     try:
@@ -106,56 +120,11 @@ def _csv_records(text: str, name: str) -> list[tuple[int, dict]]:
             if None in rec or any(v is None for v in rec.values()):
                 raise ImportFormatError(f"{name}:{reader.line_num}: CSV row has the wrong number of columns")
             out.append((reader.line_num, rec))
+            if len(out) > limits.rows:
+                raise limits.refuse("rows", f"{name}:{reader.line_num}: more than {limits.rows} llama-bench records")
     except csv.Error as exc:
         raise ImportFormatError(f"{name}:{reader.line_num}: bad CSV: {exc}") from None
     return out
-
-
-_SQL_ALLOWED = {sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_INSERT, sqlite3.SQLITE_TRANSACTION,
-                sqlite3.SQLITE_READ, sqlite3.SQLITE_SELECT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_FUNCTION}
-
-
-def _sql_authorizer(action, arg1, arg2, dbname, source):
-    # The dump is untrusted text: allow creating/filling tables in memory, nothing else (no ATTACH, PRAGMA).
-    if action in _SQL_ALLOWED and (action != sqlite3.SQLITE_INSERT or arg1 in ("llama_bench", "test")):
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_INSERT and arg1 and arg1.startswith("sqlite_"):
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
-
-
-def _sql_records(text: str, name: str) -> tuple[list[tuple[int, dict]], str]:
-    """Run the dump in an in-memory SQLite under an authorizer, then read the table back."""
-    conn = sqlite3.connect(":memory:")
-    conn.set_authorizer(_sql_authorizer)
-    line_of_row: list[int] = []
-    try:
-        statement, start = "", 1
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not statement.strip():
-                start = i
-            statement += line + "\n"
-            if sqlite3.complete_statement(statement):
-                try:
-                    conn.execute(statement)
-                except sqlite3.Error as exc:
-                    raise ImportFormatError(f"{name}:{start}: SQL statement refused: {exc}") from None
-                if statement.lstrip().upper().startswith("INSERT"):
-                    line_of_row.append(start)
-                statement = ""
-        if statement.strip():
-            raise ImportFormatError(f"{name}:{start}: unterminated SQL statement")
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        table = "llama_bench" if "llama_bench" in tables else "test" if "test" in tables else None
-        if table is None:
-            raise ImportFormatError(f"{name}:1: SQL dump has no llama_bench (mainline) or test (ik) table")
-        cur = conn.execute(f"SELECT * FROM {table} ORDER BY rowid")  # table name from a fixed pair
-        cols = [c[0] for c in cur.description]
-        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-    finally:
-        conn.close()
-    source = "llama-bench" if table == "llama_bench" else "ik-llama-bench"
-    return [(line_of_row[i] if i < len(line_of_row) else 1, r) for i, r in enumerate(rows)], source
 
 
 # -- records -> rows ---------------------------------------------------------------------
@@ -191,7 +160,8 @@ def _phases(n_prompt: int, n_gen: int, n_depth: int, label: str | None):
     return n_prompt, n_gen, n_depth
 
 
-def _to_parsed(records: list[tuple[int, dict]], source: str, name: str, fmt: str | None) -> ParsedLog:
+def _to_parsed(records: list[tuple[int, dict]], source: str, name: str, fmt: str | None,
+               limits: ImportLimits = DEFAULT_LIMITS) -> ParsedLog:
     rows, lines, skipped = [], [], []
     meta: dict = {}
     for line, rec in records:
@@ -234,6 +204,8 @@ def _to_parsed(records: list[tuple[int, dict]], source: str, name: str, fmt: str
                    "t_tg": t if tg else 0.0, "speed_tg": speed if tg else 0.0}
             rows.append(row)
             lines.append(line)
+            if len(rows) > limits.rows:
+                raise limits.refuse("rows", f"{name}:{line}: more than {limits.rows} measured rows")
     if not rows:
         raise ImportFormatError(f"{name}: no usable llama-bench tests (pp/tg tests; combined pp+tg cannot be split)")
     if skipped:
@@ -244,7 +216,7 @@ def _to_parsed(records: list[tuple[int, dict]], source: str, name: str, fmt: str
                      settings=common_settings(rows, MEASUREMENT_KEYS), line_numbers=tuple(lines))
 
 
-def _markdown(text: str, name: str) -> ParsedLog:
+def _markdown(text: str, name: str, limits: ImportLimits = DEFAULT_LIMITS) -> ParsedLog:
     records = []
     header: list[str] | None = None
     meta: dict = {}
@@ -282,9 +254,11 @@ def _markdown(text: str, name: str) -> ParsedLog:
                    stddev_ts=float(ts.group(2)))
         rec.pop("t/s")
         records.append((i, rec))
+        if len(records) > limits.rows:
+            raise limits.refuse("rows", f"{name}:{i}: more than {limits.rows} llama-bench records")
     if not records:
         raise ImportFormatError(f"{name}: no llama-bench markdown table rows found")
     ik = any("@pp" in r["test"] for _, r in records) or any(k in records[0][1] for k in ("mla_attn", "fused_moe", "repack"))
-    parsed = _to_parsed(records, "ik-llama-bench" if ik else "llama-bench", name, fmt="md")
+    parsed = _to_parsed(records, "ik-llama-bench" if ik else "llama-bench", name, fmt="md", limits=limits)
     return ParsedLog(source=parsed.source, rows=parsed.rows, meta={**meta, **parsed.meta},
                      settings=parsed.settings, line_numbers=parsed.line_numbers)

@@ -10,13 +10,15 @@ import shlex
 
 from engine.options import SETTINGS
 
-# `llm_load_print_meta:` (ik, older mainline) and `print_info:` (newer mainline).
-_PRINT_META = re.compile(r"^(?:llm_load_print_meta|print_info):\s+(.+?)\s+=\s+(.*?)\s*$")
-_LOADER_KV = re.compile(r"^llama_model_loader: - kv\s+\d+:\s+(\S+)\s+\S+\s+=\s+(.*?)\s*$")
-_CONTEXT = re.compile(r"^(?:llama_new_context_with_model|llama_context|llama_init_from_model):\s+(\w+)\s+=\s+(.*?)\s*$")
+# `llm_load_print_meta:` (ik, older mainline) and `print_info:` (newer mainline). Lines may be
+# 1 MiB long: every pattern here matches in linear time (no lazy group before a trailing `\s*$`,
+# no two adjacent groups that can both take the same spaces); callers strip the groups.
+_PRINT_META = re.compile(r"^(?:llm_load_print_meta|print_info):([^=]+)=(.*)$")
+_LOADER_KV = re.compile(r"^llama_model_loader: - kv\s+\d+:\s+(\S+)\s+\S+\s+=\s(.*)$")
+_CONTEXT = re.compile(r"^(?:llama_new_context_with_model|llama_context|llama_init_from_model):\s+(\w+)\s+=\s(.*)$")
 _MAIN = re.compile(r"^main:\s+(n_kv_max\s*=.*)$")
 _KV_TYPES = re.compile(r"\b(K|V|c\^KV|kv\^T)\s+\((\w+)\)")
-_BRACKETED = re.compile(r"\[(\S+?)\]")
+_BRACKETED = re.compile(r"\[([^\s\[\]]+)\]")
 
 MODEL_KEYS = {
     "arch": "arch", "model type": "model_type", "model ftype": "ftype", "model params": "params",
@@ -99,13 +101,13 @@ def extract(lines: list[str]) -> tuple[dict, dict]:
         if m := _PRINT_META.match(line):
             key = m.group(1).strip()
             if key in MODEL_KEYS:
-                model[MODEL_KEYS[key]] = _number(m.group(2))
+                model[MODEL_KEYS[key]] = _number(m.group(2).strip())
         elif m := _LOADER_KV.match(line):
             if m.group(1).startswith("general.") or m.group(1).endswith(".context_length"):
-                loader[m.group(1)] = _number(m.group(2))
+                loader[m.group(1)] = _number(m.group(2).strip())
         elif m := _CONTEXT.match(line):
             if m.group(1) in CONTEXT_KEYS:
-                context[m.group(1)] = _number(m.group(2))
+                context[m.group(1)] = _number(m.group(2).strip())
         elif ("KV" in line or "kv_cache" in line) and (kv := dict(_KV_TYPES.findall(line))):
             if "K" in kv:
                 settings.setdefault("type_k", kv["K"])

@@ -13,6 +13,7 @@ import re
 from engine import sweep_table
 from orchestrator.errors import ImportFormatError
 from orchestrator.importers import log_meta
+from orchestrator.importers.limits import DEFAULT_LIMITS, ImportLimits
 from orchestrator.importers.parsed import MEASUREMENT_KEYS, ParsedLog, assign_reps, common_settings
 
 TABLE_HEADER = sweep_table.HEADER_RE
@@ -26,7 +27,7 @@ def looks_like_sweep_bench(text: str) -> bool:
     return any(TABLE_HEADER.match(line.strip()) for line in text.splitlines()) or '"speed_pp"' in text
 
 
-def parse_sweep_bench_text(text: str, name: str = "<text>") -> ParsedLog:
+def parse_sweep_bench_text(text: str, name: str = "<text>", limits: ImportLimits = DEFAULT_LIMITS) -> ParsedLog:
     """Parse sweep-bench output. Raises ImportFormatError naming ``name`` and the line."""
     lines = text.splitlines()
     meta, cmd_settings = log_meta.extract(lines)
@@ -48,11 +49,15 @@ def parse_sweep_bench_text(text: str, name: str = "<text>") -> ParsedLog:
             if line.startswith("|"):
                 rows.append({**main, **_table_row(line, name, i)})
                 numbers.append(i)
+                if len(rows) > limits.rows:
+                    raise limits.refuse("rows", f"{name}:{i}: more than {limits.rows} sweep-bench rows")
                 continue
             in_table = False  # a table ends at its first non-table line
         if line.startswith("{") and '"speed_pp"' in line or line.startswith('{"n_kv_max"'):
             rows.append(_json_row(line, name, i))
             numbers.append(i)
+            if len(rows) > limits.rows:
+                raise limits.refuse("rows", f"{name}:{i}: more than {limits.rows} sweep-bench rows")
     if not rows:
         raise ImportFormatError(f"{name}: no llama-sweep-bench rows found (expected a '| PP | TG | N_KV |' table or JSONL rows)")
     assign_reps(rows)
@@ -78,6 +83,8 @@ def _json_row(line: str, name: str, lineno: int) -> dict:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ImportFormatError(f"{name}:{lineno}: bad JSON row: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise ImportFormatError(f"{name}:{lineno}: JSON row is nested too deeply") from None
     if not isinstance(row, dict):
         raise ImportFormatError(f"{name}:{lineno}: JSON row is not an object")
     missing = [k for k in SWEEP_KEYS if k not in row]
