@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 
-from engine import _numba
 from engine.cli_edge import add_debug_flag
 from engine.cli_edge import run as run_cli
 from engine.errors import EngineError
-from engine.model import load_model, stderr_log
 from engine.options import (SETTINGS, UNSUPPORTED_FLAGS, OptionError, check_combination, describe, option_flag,
                             parse_flash)
-from engine.sweep import TABLE_HEADER, TABLE_RULE, SweepConfig, format_jsonl, main_line, sweep
-from engine.synth import ALL_SHAPES, WTYPES, make_model
+from engine.synth import ALL_SHAPES, WTYPES
+
+# numba and the kernels load in the commands that run them, not when `numasweep` builds its
+# parser: `numasweep import` or a refused spec never pays for them.
 
 OUTPUT_FORMATS = ("md", "table", "jsonl")
 
@@ -72,6 +72,10 @@ def bench_settings(args: argparse.Namespace) -> dict:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from engine import _numba
+    from engine.model import load_model, stderr_log
+    from engine.sweep import TABLE_HEADER, TABLE_RULE, SweepConfig, format_jsonl, main_line, sweep
+
     if args.output_format not in OUTPUT_FORMATS:
         raise EngineError(f"--output-format: unknown format {args.output_format!r} "
                           f"(allowed: {', '.join(OUTPUT_FORMATS)})")
@@ -107,6 +111,8 @@ def _weight_types(model) -> str:
 
 
 def cmd_make_model(args: argparse.Namespace) -> int:
+    from engine.synth import make_model
+
     path = make_model(args.output, args.shape, seed=args.seed, wtype=args.wtype, tied_output=args.tied,
                       dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
                       ffn=args.ffn, vocab=args.vocab, arch=args.arch)

@@ -79,8 +79,8 @@ class BuildSpec:
         if "model" not in placeholders_in(self.argv):
             raise BuildError(f"build {self.name!r}: argv has no {{model}}: the binary would not load the "
                              "spec's model")
-        for name in explicit:
-            if name in HONEST and self.state(name) == "unknown":
+        for name in (n for n in HONEST if n in set(explicit)):  # schema order: the message is stable
+            if self.state(name) == "unknown":
                 slot = BY_NAME[name].slot
                 raise BuildError(
                     f"build {self.name!r}: the spec sets {name!r} but the argv has no {{{slot}}} and the build "

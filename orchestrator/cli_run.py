@@ -79,9 +79,10 @@ def _embedded(args: argparse.Namespace, spec: SweepSpec) -> bool:
 
 
 def precheck(args: argparse.Namespace, spec: SweepSpec) -> None:
-    """Everything knowable before Ray, the store or a model file is touched: the models' headers
-    and, for a run on this machine only, the whole plan against this host."""
+    """Everything knowable before Ray, the store or a model file is touched: the models' headers,
+    recorded replay files, and, for a run on this machine only, the whole plan against this host."""
     check_model_files(spec)
+    check_replay_files(spec)
     if _embedded(args, spec):
         build_plan(spec, [local_host()], Path(spec.store).parent / "models")
 
@@ -92,6 +93,18 @@ def check_model_files(spec: SweepSpec) -> None:
     for m in spec.models:
         if m.path:
             check_model_file(m.path)
+
+
+def check_replay_files(spec: SweepSpec) -> None:
+    """A replay build's recorded rows must parse (bounded, like `numasweep import`)."""
+    from orchestrator.importers import parse_sweep_bench_text, read_text
+
+    for b in spec.builds:
+        if b.replay:
+            try:
+                parse_sweep_bench_text(read_text(b.replay)[1], b.replay)
+            except NumasweepError as exc:
+                raise RunError(f"backend.replay: {exc}") from None
 
 
 def _execute(args: argparse.Namespace, spec: SweepSpec, run_id: int | None) -> int:

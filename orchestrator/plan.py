@@ -67,7 +67,8 @@ def plan_slots(host: HostInfo, spec: SweepSpec) -> list[SlotConfig]:
     try:
         placements = place(host.profile, p.policy, smt=p.smt, mem_policy=p.mem_policy, cpus=p.cpus)
     except ProfileError as exc:
-        raise SpecError(f"placement on host {host.profile.name}: {exc}") from None
+        key = "placement.cpus" if p.cpus is not None else "placement.policy"
+        raise SpecError(f"{key}: on host {host.profile.name}: {exc}") from None
     slots = []
     for pl in placements:
         cpus, nodes = _real(host, pl.cpus, pl.mem_nodes)

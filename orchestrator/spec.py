@@ -26,6 +26,7 @@ from orchestrator.placement import POLICIES as PLACEMENT_POLICIES
 
 POLICIES = PLACEMENT_POLICIES + tuple(ALIASES)
 DEFAULT_STORE = "numasweep-results/numasweep.db"
+MAX_COMBINATIONS = 10_000  # settings combinations per spec: far above any real sweep
 # The settings a run always decides (the model, the sweep grid, the slot's threads): every
 # build must take them. Others count as set only when the spec names them.
 PLANNED = ("c", "ub", "tg", "threads")
@@ -121,6 +122,8 @@ class SweepSpec:
             raise SpecError(f"{path}: not a TOML spec (not UTF-8 text)") from None
         except tomllib.TOMLDecodeError as exc:
             raise SpecError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise SpecError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
         try:
             return cls.from_dict(data, base=path.resolve().parent)
         except SpecError as exc:
@@ -196,8 +199,9 @@ def _setting_values(sweep: dict, key: str) -> tuple:
     for v in items:
         if isinstance(v, float) and not math.isfinite(v):
             raise SpecError(f"{full} = {v!r} is not a finite number")
-        if s.kind is int and s.name in ("threads", "threads_batch") and v == 0:
-            raise SpecError(f"{full} = 0 is impossible: give a thread count >= 1 (leave it out for the slot's CPUs)")
+        if s.name in ("threads", "threads_batch", "tg") and isinstance(v, int) and v == 0:
+            default = "ub/4" if s.name == "tg" else "the slot's CPUs"
+            raise SpecError(f"{full} = 0 is impossible: must be >= 1 (leave it out for {default})")
         try:
             out.append(s.check(v))
         except OptionError as exc:
@@ -208,6 +212,11 @@ def _setting_values(sweep: dict, key: str) -> tuple:
 def _matrix(sweep: dict) -> tuple[tuple[EngineSettings, ...], int]:
     axes = {s.name: _setting_values(sweep, s.key) for s in SETTINGS if s.key and s.name != "nrep"}
     reps = _setting_values(sweep, "repetitions")[0]
+    size = math.prod(len(v) for v in axes.values())
+    if size > MAX_COMBINATIONS:
+        lists = ", ".join(f"{BY_NAME[k].key} ({len(v)})" for k, v in axes.items() if len(v) > 1)
+        raise SpecError(f"sweep: {size} combinations of {lists} exceed the limit of {MAX_COMBINATIONS} "
+                        f"(split the sweep into several specs)")
     matrix = []
     for combo in itertools.product(*axes.values()):
         v = dict(zip(axes, combo))

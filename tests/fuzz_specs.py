@@ -59,7 +59,7 @@ CASES = [
     Case("spec", "c-0", _spec(REPLAY + "[sweep]\nc = 0\n", "sweep.c")),
     Case("spec", "c-float", _spec(REPLAY + "[sweep]\nc = 1.5\n", "sweep.c")),
     Case("spec", "ub-over-c", _spec(REPLAY + "[sweep]\nc = 128\nub = 256\n", "sweep.ub", seeded=False)),
-    Case("spec", "ub-not-dividing-c", _spec(REPLAY + "[sweep]\nc = 300\nub = 128\ntg = 8\n", "sweep.ub")),
+    Case("spec", "ub-not-dividing-c", _spec(REPLAY + "[sweep]\nc = 300\nub = 128\ntg = 8\n", "sweep.c", "ub")),
     Case("spec", "tg-0", _spec(REPLAY + "[sweep]\nc = 256\nub = 128\ntg = 0\n", "sweep.tg")),
     Case("spec", "threads-0", _spec(REPLAY + SMALL + "threads = 0\n", "sweep.threads", seeded=False)),
     Case("spec", "threads-over-cores", _spec(REPLAY + SMALL + "threads = 4096\n", "threads")),
@@ -119,10 +119,6 @@ CASES = [
 
 # Cases that fail until issue 15 item 1 (validation before side effects) is merged; the lead
 # removes them from this set at integration.
-NEEDS_ITEM_1 = {
-    "not-utf8", "binary-garbage", "ub-not-dividing-c", "threads-over-cores", "threads-batch-over-cores",
-    "threads-nested-10^4", "matrix-10^9-points", "placement-cpus-out-of-range", "no-matching-host",
-    "model-path-corrupt-gguf", "replay-file-binary", "delay-inf", "ray-delay-nan", "ray-no-matching-host",
-}
+NEEDS_ITEM_1: set[str] = set()  # all of them hold since issue 15 item 1 landed
 CASES = [dataclasses.replace(c, xfail="needs issue 15 item 1") if c.name in NEEDS_ITEM_1 else c for c in CASES]
 assert NEEDS_ITEM_1 <= {c.name for c in CASES}

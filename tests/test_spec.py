@@ -66,7 +66,7 @@ def test_seed_example_shape():
     ("[sweep]\nub = 64\ntg = 65\n", ["sweep.tg", "tg must be <= ub"]),
     ("[sweep]\nc = nan\n", ["sweep.c", "finite"]),
     ("[sweep]\nthreads = inf\n", ["sweep.threads", "finite"]),
-    ("[sweep]\nthreads = 0\n", ["sweep.threads", "thread count"]),
+    ("[sweep]\nthreads = 0\n", ["sweep.threads", ">= 1"]),
     ("[sweep]\nmla = 4\n", ["sweep.mla", "0, 1, 2, 3"]),
     ("[sweep]\namb = -1\n", ["sweep.amb", ">= 0"]),
     ("[sweep]\nfmoe = 'yes'\n", ["sweep.fmoe", "boolean"]),

@@ -34,9 +34,9 @@ class ReplayBackend:
 
 
 def recorded(path: str) -> list[dict]:
-    from orchestrator.importers.sweep_bench import parse_sweep_bench_text
+    from orchestrator.importers import parse_sweep_bench_text, read_text
 
-    return list(parse_sweep_bench_text(Path(path).read_text(), name=path).rows)
+    return list(parse_sweep_bench_text(read_text(path)[1], name=path).rows)
 
 
 def rows(settings: dict, source: list[dict] | None = None):
