@@ -94,8 +94,8 @@ def main_line(model: Model, cfg: SweepConfig) -> str:
             f"n_threads = {model.n_threads}, n_threads_batch = {model.n_threads_batch}")
 
 
-def jsonl_record(model: Model, cfg: SweepConfig, row: SweepRow) -> dict:
-    """ik's sweep-bench JSONL keys, then ours."""
+def jsonl_record(model: Model, cfg: SweepConfig, row: SweepRow, noise: float | None = None) -> dict:
+    """ik's sweep-bench JSONL keys, then ours (``noise``: foreign CPU load during the row, when measured)."""
     o = model.options
     rec = {"n_kv_max": cfg.n_ctx, "n_batch": cfg.n_batch, "n_ubatch": cfg.n_ubatch,
            "flash_attn": int(o.flash_attn), "n_gpu_layers": -1, "n_threads": model.n_threads,
@@ -104,6 +104,8 @@ def jsonl_record(model: Model, cfg: SweepConfig, row: SweepRow) -> dict:
     rec.update({"type_k": o.type_k, "type_v": o.type_v,
                 "k_repack": o.k_repack, "rtr": bool(o.rtr), "fmoe": bool(o.fused_moe), "mla": int(o.mla),
                 "amb": int(o.amb), "no_mmap": bool(o.no_mmap), "weight_bytes": model.weight_bytes_per_token})
+    if noise is not None:
+        rec["noise"] = noise
     return rec
 
 
@@ -157,5 +159,5 @@ def sweep(model: Model, cfg: SweepConfig,
                            repack_scratch_hwm_mib=round(float(getattr(model, "repack_scratch_hwm_mib", 0.0)), 4))
 
 
-def format_jsonl(model: Model, cfg: SweepConfig, row: SweepRow) -> str:
-    return json.dumps(jsonl_record(model, cfg, row))
+def format_jsonl(model: Model, cfg: SweepConfig, row: SweepRow, noise: float | None = None) -> str:
+    return json.dumps(jsonl_record(model, cfg, row, noise))

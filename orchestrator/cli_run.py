@@ -68,14 +68,17 @@ def _executor(args: argparse.Namespace, spec: SweepSpec):
 
 def _execute(args: argparse.Namespace, spec: SweepSpec, run_id: int | None) -> int:
     from orchestrator.coordinator import run_sweep
+    from orchestrator.progress import RunProgress
     from orchestrator.store import Store
 
     store = Store.open(spec.store)
-    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    say = None if args.quiet else RunProgress()  # live on stderr; plain lines when not a terminal
     executor, stop = _executor(args, spec)
     try:
         result = run_sweep(spec, executor, store, run_id=run_id, progress=say)
     finally:
+        if say is not None:
+            say.close()
         stop()
     points = store.points(result.run_id)
     print(render_tables(points))

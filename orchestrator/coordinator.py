@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+from engine.progress import row_stats
 from orchestrator.errors import NumasweepError, StoreError
 from orchestrator.jobs import HostInfo, HostLost, Job, JobFailed, SlotConfig, WorkerLost
 from orchestrator.point import Point
+from orchestrator.progress import ProgressEvent, build_name, settings_in_words, varying_keys
 from orchestrator.spec import SpecError, SweepSpec
 from orchestrator.store import Store
 
@@ -140,10 +142,12 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
         raise SpecError("no host matches [hosts] (labels "
                         f"{dict(spec.hosts.labels) or 'any'}, profiles {list(spec.hosts.profiles) or 'any'})")
     plan: list[tuple[HostInfo, int, SlotConfig, list[Job]]] = []
+    host_label: dict[int, str] = {}
     for host, name in zip(hosts, _host_names(hosts)):
         # Identical machines share a profile fingerprint; the store row is per machine.
         host_id = store.upsert_host(fingerprint=f"{host.profile.fingerprint}:{name}",
                                     profile=host.profile.to_json(), name=name, simulated=host.simulated)
+        host_label[host_id] = name
         for slot in plan_slots(host, spec):
             jobs = plan_jobs(spec, host, slot, models, sum(len(p[3]) for p in plan))
             plan.append((host, host_id, slot, jobs))
@@ -174,7 +178,16 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
         if left:
             todo.append((host, host_id, slot, left))
     expected = sum(len(set(j.expected()) - done.get(job_key(hid, j), set())) for _, hid, _, js in todo for j in js)
-    say(f"run {run_id}: {len(hosts)} host(s), {len(plan)} slot(s), {expected} point(s) to measure")
+    # Progress facts: per slot ("lane") the points and jobs left; per job its settings in words.
+    left_of = {j.index: len(set(j.expected()) - done.get(job_key(hid, j), set())) for _, hid, _, js in todo for j in js}
+    lane_of = {j.index: f"{host_label[hid]}/{slot.name}" for _, hid, slot, js in todo for j in js}
+    vary = varying_keys([j.point_settings() for _, _, _, js in plan for j in js])
+    words_of = {j.index: " ".join(filter(None, (lane_of[j.index], build_name(j),
+                                                settings_in_words(j.point_settings(), vary))))
+                for _, _, _, js in todo for j in js}
+    say(ProgressEvent(f"run {run_id}: {len(hosts)} host(s), {len(plan)} slot(s), {expected} point(s) to measure",
+                      "plan", run_id=run_id, total=expected,
+                      lanes={lane_of[js[0].index]: (sum(left_of[j.index] for j in js), len(js)) for _, _, _, js in todo}))
 
     events: queue.Queue = queue.Queue()
     threads = [threading.Thread(target=_slot_loop, args=(executor, host, slot, jobs, events, max_attempts),
@@ -191,6 +204,10 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
         kind, job, payload = events.get()
         if kind == "end":
             running -= 1
+        elif kind == "start":
+            if progress is not None:
+                say(ProgressEvent(f"job {job.index}: {words_of[job.index]}", "job", lane=lane_of[job.index],
+                                  text=words_of[job.index], rows=left_of[job.index]))
         elif kind == "row":
             host, host_id, slot = by_job[job.index]
             try:
@@ -205,12 +222,13 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
                 stored += 1
                 done.setdefault(key_of[job.index], set()).add((point.rep, point.n_kv))
                 if progress is not None:  # no formatting when nobody listens (ingest at scale)
-                    say(f"[{stored}/{expected}] {host.profile.name}/{slot.name} job {job.index} "
-                        f"n_kv={point.n_kv} rep={point.rep} S_PP={point.speed_pp:.2f} "
-                        f"S_TG={point.speed_tg:.2f} t/s noise={point.noise:.0%}")
+                    stats = row_stats(point.speed_pp, point.speed_tg, point.noise, point.n_kv, point.rep)
+                    say(ProgressEvent(f"[{stored}/{expected}] {words_of[job.index]} job {job.index} {stats}", "row",
+                                      lane=lane_of[job.index], text=f"{words_of[job.index]} job {job.index}",
+                                      stats=stats, done=stored, total=expected))
         else:  # retry | failed | lost: keep the reason for the note
             problems[job.index] = f"{kind}: {payload}"
-            say(f"job {job.index} on {by_job[job.index][0].profile.name}/{job.slot}: {kind}: {payload}")
+            say(ProgressEvent(f"job {job.index} on {lane_of[job.index]}: {kind}: {payload}", "problem"))
     for t in threads:
         t.join()
 
@@ -221,8 +239,8 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
         status = "partial" if store.count_points(run_id) else "failed"
         note = f"missing {n_missing} point(s): " + "; ".join(missing)
     store.finish_run(run_id, status, note)
-    say(f"run {run_id}: {status}, {stored} point(s) stored in {time.monotonic() - t0:.1f} s"
-        + (f"; {note}" if note else ""))
+    say(ProgressEvent(f"run {run_id}: {status}, {stored} point(s) stored in {time.monotonic() - t0:.1f} s"
+                      + (f"; {note}" if note else ""), "done"))
     return RunResult(run_id, status, stored, expected, tuple(missing), note)
 
 
@@ -283,6 +301,7 @@ def _slot_loop(executor: Executor, host: HostInfo, slot_cfg: SlotConfig, jobs: l
         slot = executor.open_slot(host, slot_cfg)
         for i, job in enumerate(jobs):
             for attempt in range(1, max_attempts + 1):
+                events.put(("start", job, attempt))
                 try:
                     for ev in slot.run(job):
                         events.put(("row", job, ev))
