@@ -87,9 +87,8 @@ def _execute(args: argparse.Namespace, spec: SweepSpec, run_id: int | None) -> i
             from orchestrator.report import write_report
         except ImportError:
             write_report = None
-        if write_report is not None:
-            out = Path(spec.store).parent / "reports" / f"run-{result.run_id}"
-            print(f"report: {Path(write_report(store, [result.run_id], out)).resolve()}")
+        if write_report is not None:  # --out, else a new directory next to the store (never overwritten)
+            print(f"report: {Path(write_report(store, [result.run_id], args.out)).resolve()}")
     store.close()
     print(f"run {result.run_id}: {result.status} ({result.stored} of {result.expected} points stored in {spec.store})")
     return 0 if result.status == "ok" else 1
@@ -196,7 +195,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--no-ray", action="store_true", help="run the slots as local pinned processes, no Ray")
         p.add_argument("--dashboard", action="store_true", help="embedded Ray: also start its dashboard (127.0.0.1)")
         p.add_argument("--no-report", action="store_true", help="do not write the HTML/Markdown report")
-        p.add_argument("-q", "--quiet", action="store_true", help="no live progress lines")
+        p.add_argument("--out", metavar="DIR", default=None,
+                       help="report directory (default: a new one next to the store, <store>-reports/run-N)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no live progress on stderr")
 
     p = sub.add_parser("run", help="run a sweep spec (default: the embedded main job) on Ray")
     p.add_argument("spec", nargs="?", help="sweep spec TOML (see examples/); none = the default main job")

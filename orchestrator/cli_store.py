@@ -33,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--baseline", metavar="SEL", help="A: run id, run label, or setting=value[,...]")
     p.add_argument("--compare", metavar="SEL", help="B: same forms as --baseline")
     p.add_argument("--by", choices=("host", "setting"), help="only this kind of side-by-side table")
-    p.add_argument("-o", "--output-dir", default="numasweep-report", metavar="DIR")
+    p.add_argument("-o", "--out", "--output-dir", dest="output_dir", default=None, metavar="DIR",
+                   help="report directory (default: a new one next to the store, <store>-reports/run-N)")
     _store_arg(p)
     p.set_defaults(func=cmd_report)
 
