@@ -137,6 +137,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _client(address: str):
     from ray.job_submission import JobSubmissionClient
 
+    import orchestrator.ray_backend  # noqa: F401 - quiets Ray's auth reminder for the job client too
+
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
