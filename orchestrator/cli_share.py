@@ -1,4 +1,4 @@
-"""``numasweep check`` (regression gate) and ``bundle`` (one shareable file per run): thin shims."""
+"""``numasweep bundle`` (one shareable file per run) and ``check`` (regression gate): thin shims."""
 from __future__ import annotations
 
 import sys
@@ -8,6 +8,17 @@ from orchestrator.store import DEFAULT_STORE, Store
 
 
 def register(sub) -> None:
+    p = sub.add_parser("bundle", help="write one run as a single shareable file (import it anywhere)")
+    p.add_argument("run", type=int, metavar="RUN")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="bundle file, gzip when it ends in .gz (default: <store stem>-run-RUN.numasweep.json.gz "
+                        "in the current directory); never overwritten")
+    p.add_argument("--no-model-hash", action="store_true",
+                   help="do not sha256 the run's model files (they can be hundreds of GB)")
+    p.add_argument("--store", default=str(DEFAULT_STORE), metavar="PATH",
+                   help=f"results store (default: {DEFAULT_STORE})")
+    p.set_defaults(func=cmd_bundle)
+
     p = sub.add_parser("check", help="regression gate: exit 1 when RUN is significantly slower than the baseline")
     p.add_argument("--baseline", required=True, metavar="RUN_OR_BUNDLE",
                    help="baseline: a run id of --store, or a bundle file (numasweep bundle)")
@@ -56,3 +67,13 @@ def cmd_check(args) -> int:
     else:
         sys.stdout.write(text)
     return result.exit_code
+
+
+def cmd_bundle(args) -> int:
+    from orchestrator.bundle import write_bundle
+
+    out = args.output or f"{Path(args.store).stem}-run-{args.run}.numasweep.json.gz"
+    with Store.open(args.store, create=False) as store:
+        path = write_bundle(store, args.run, out, hash_models=not args.no_model_hash)
+    print(f"bundle: {path} ({path.stat().st_size / 1024:.1f} KiB); import it with: numasweep import {path.name}")
+    return 0

@@ -84,19 +84,29 @@ def _write(store: Store, prep: _Prepared, label: str | None, profile: tuple[dict
     return ImportResult(prep.path, run_id, parsed.source, n, duplicate=False)
 
 
-def import_files(store: Store, paths, *, label: str | None = None, host_profile: str | None = None) -> list[ImportResult]:
+def import_files(store: Store, paths, *, label: str | None = None, host_profile: str | None = None) -> list:
     """Import files, one run and one transaction each. Every file is parsed first:
-    if any is refused, nothing at all is written."""
+    if any is refused, nothing at all is written. Result bundles (``numasweep bundle``)
+    are recognised by content and become the run they hold."""
+    from orchestrator.bundle import Bundle, import_bundle, is_bundle, read_bundle
+
     profile = load_host_profile(host_profile) if host_profile else None
     host_name = Path(host_profile).stem if host_profile else None
     prepared, seen = [], set()
     for p in paths:
+        if is_bundle(p):
+            if label or host_profile:
+                raise ImportFormatError(f"{p}: a result bundle carries its own label and host facts "
+                                        "(--label / --host-profile do not apply to it)")
+            prepared.append(read_bundle(p))
+            continue
         prep = _prepare(store, p)
         if prep.digest in seen:  # the same file named twice: import it once
             prep = _Prepared(prep.path, prep.digest, None)
         seen.add(prep.digest)
         prepared.append(prep)
-    return [_write(store, prep, label, profile, host_name) for prep in prepared]
+    return [import_bundle(store, prep) if isinstance(prep, Bundle) else _write(store, prep, label, profile, host_name)
+            for prep in prepared]
 
 
 def import_file(store: Store, path: str | Path, *, label: str | None = None,
