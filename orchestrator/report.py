@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from engine.noise import NOISE_WARN
 from orchestrator.errors import ReportError
 from orchestrator.report_data import PHASES, TEST_NAME, Series, Stat, build_series, compare, varying_settings, verdict
 from orchestrator.report_plots import memory_plot, speed_plot
@@ -348,6 +347,8 @@ def _sweep_table(s: Series) -> list:
     desc = f"Series {s.label}" + (f" on {where}" if where else "") + (
         f": mean ± sd over {reps} repetitions" if reps > 1 else ": one repetition")
     blocks: list = [H(3, desc)]
+    from engine.noise import NOISE_WARN  # here: importing the report module loads no engine code
+
     noise = s.max_noise()
     if noise is not None and noise > NOISE_WARN:
         blocks.append(P(f"Noisy: other processes used up to {noise:.0%} of this slot's CPU time during some rows."))
