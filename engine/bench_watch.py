@@ -40,7 +40,7 @@ class BenchWatch:
     def rows(self, rows: Iterable[SweepRow]) -> Iterator[tuple[SweepRow, float]]:
         meter = self_meter()  # after the model load: the first lap covers warm-up + row 0
         self.display.plan_lane(LANE, self.total)
-        self.display.start_job(LANE, "sweep", self.total)
+        self.display.start_job(LANE, "sweep", self.total, show=False)
         try:
             for row in rows:
                 noise = meter.lap()

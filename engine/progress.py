@@ -122,10 +122,12 @@ class ProgressDisplay:
     def plan_lane(self, lane: str, rows: int, jobs: int = 1) -> None:
         self.eta_model.plan(lane, rows, jobs)
 
-    def start_job(self, lane: str, text: str, rows: int) -> None:
-        """A job begins on ``lane``: ``text`` says what runs (host/slot, build, settings in words)."""
+    def start_job(self, lane: str, text: str, rows: int, show: bool = True) -> None:
+        """A job begins on ``lane``: ``text`` says what runs (host/slot, build, settings in words).
+
+        ``show=False``: no line of its own (a single lane: the overall bar says it all)."""
         self.eta_model.job_start(lane)
-        if self._progress is not None:
+        if self._progress is not None and show:
             task = self._lane_tasks.get(lane)
             if task is None:
                 self._lane_tasks[lane] = self._progress.add_task(text, total=rows, eta="?")
@@ -148,6 +150,8 @@ class ProgressDisplay:
         if task is not None:
             self._progress.update(task, advance=1, description=f"{self._lane_text[lane]}\n  {stats}",
                                   eta=format_duration(self.eta_model.lane_eta(lane)))
+        else:  # no line of its own: the last row goes under the overall bar
+            self._progress.update(self._overall, description=f"{self.title}\n  {stats}")
         self._refresh()
 
     def end_job(self, lane: str) -> None:
