@@ -105,7 +105,8 @@ LLAMA_BENCH_COLUMNS = (
 # numasweep settings that have a llama-bench column (or are measurements / facts, not settings).
 _MAPPED = {"model", "model_type", "batch", "ubatch", "threads", "type_k", "type_v", "n_gpu_layers", "flash_attn",
            "mla", "amb", "fmoe", "rtr", "no_mmap", "use_mmap", "embeddings", "weight_bytes", "model_size",
-           "model_n_params", "build_commit", "build_number", "cpu_mask"}
+           "model_n_params", "build_commit", "build_number", "cpu_mask", "backend", "cpu_strict", "poll",
+           "split_mode", "no_kv_offload"}
 
 
 def build_of(point: dict, run: dict) -> str:
@@ -172,20 +173,25 @@ def llama_bench_rows(points: list[dict], runs: dict[int, dict], hosts: dict[int,
         s = ps[0]["settings"]
         host = hosts.get(host_id) or {}
         profile = host.get("profile") or {}
-        extras = [f"{k}={s.get(k)}" for k in varying]
-        model = str(s.get("model_type") or s.get("model") or "unknown model")
+        extras = [f"{k}={s[k]}" for k in varying if s.get(k) is not None]
+        model = str(s.get("model_type") or Path(str(s.get("model") or "unknown model")).name)
         times = [p[f"t_{phase}"] for p in ps]
         speeds = [p[f"speed_{phase}"] for p in ps]
         rows.append({
             "build_commit": build, "build_number": _int(s.get("build_number")),
-            "cpu_info": str(profile.get("cpu_model") or host.get("name") or ""), "gpu_info": "", "backends": "CPU",
+            "cpu_info": str(profile.get("cpu_model") or host.get("name") or ""), "gpu_info": "",
+            "backends": str(s.get("backend") if s.get("backend") not in (None, "builtin", "external", "replay")
+                            else "CPU"),
             "model_filename": str(s.get("model") or ""),
             "model_type": model + (f" [{' '.join(extras)}]" if extras else ""),
             "model_size": _int(s.get("model_size")), "model_n_params": _int(s.get("model_n_params")),
             "n_batch": _int(s.get("batch")), "n_ubatch": _int(s.get("ubatch"), ps[0]["pp"]),
-            "n_threads": _int(s.get("threads")), "cpu_mask": _mask(ps[0]["verified_cpus"]), "cpu_strict": 0,
-            "poll": 0, "type_k": str(s.get("type_k") or ""), "type_v": str(s.get("type_v") or ""),
-            "n_gpu_layers": 0, "split_mode": "none", "main_gpu": 0, "no_kv_offload": 0,
+            "n_threads": _int(s.get("threads")),
+            "cpu_mask": str(s["cpu_mask"]) if s.get("cpu_mask") else _mask(ps[0]["verified_cpus"]),
+            "cpu_strict": _flag(s.get("cpu_strict")), "poll": _int(s.get("poll")),
+            "type_k": str(s.get("type_k") or ""), "type_v": str(s.get("type_v") or ""),
+            "n_gpu_layers": _int(s.get("n_gpu_layers")), "split_mode": str(s.get("split_mode") or "none"),
+            "main_gpu": 0, "no_kv_offload": _flag(s.get("no_kv_offload")),
             "flash_attn": _flag(s["flash_attn"]) if "flash_attn" in s else -1, "tensor_split": "0.00",
             "tensor_buft_overrides": "none",
             "use_mmap": 0 if _flag(s.get("no_mmap")) or _flag(s.get("rtr")) else _flag(s.get("use_mmap", True)),
