@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from engine.noise import NoiseMeter, cpu_busy_ticks, process_ticks  # noqa: F401 - re-exported
+from engine.noise import NoiseMeter, cpu_busy_ticks  # noqa: F401 - cpu_busy_ticks re-exported (tests)
 from orchestrator import backends, pin
 from orchestrator.jobs import Job, JobFailed, SlotConfig, WorkerLost
 
