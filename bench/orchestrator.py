@@ -31,7 +31,7 @@ for _k, _v in (("RAY_AUTH_MODE", "disabled"), ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTE
                ("RAY_USAGE_STATS_ENABLED", "0")):
     os.environ.setdefault(_k, _v)
 
-from orchestrator.coordinator import model_paths, run_sweep  # noqa: E402
+from orchestrator.coordinator import run_sweep  # noqa: E402
 from orchestrator.jobs import HostInfo  # noqa: E402
 from orchestrator.spec import SweepSpec  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
@@ -41,15 +41,15 @@ from orchestrator.store import Store  # noqa: E402
 def bench_actor(args: argparse.Namespace) -> None:
     from orchestrator import ray_backend
     from orchestrator.backends.builtin import engine_argv
-    from orchestrator.coordinator import plan_jobs, plan_slots
+    from orchestrator.plan import model_refs, plan_jobs, plan_slots
     from orchestrator.worker import ensure_model
 
     work = Path(tempfile.mkdtemp(prefix="nsw-bench-"))
     spec = SweepSpec.from_dict({"model": {"shape": args.shape}, "store": str(work / "b.db"),
                                 "sweep": {"c": args.c, "ub": args.ub, "tg": args.n, "type_k": "q8_0",
                                           "flash_attn": True, "k_repack": args.k_repack}})
-    models = model_paths(spec, Path("numasweep-results/models"))
-    ensure_model(models[0][0], models[0][2], models[0][3])
+    models = model_refs(spec, Path("numasweep-results/models"))
+    ensure_model(models[0].path, models[0].shape, models[0].seed)
     local = ray_backend.start_local()
     executor = ray_backend.RayExecutor()
     (host,) = executor.hosts()
@@ -115,9 +115,11 @@ class ReplayExecutor:
                                                                            kernel=f"sim-{i}", simulated=True),
                                 labels={}, simulated=True, real_cpus=cpus, real_nodes=(0,))
                        for i in range(workers)]
-        recorded = list(replay_rows(rows * 256, 256, 64, 1, 2, 2, "q8_0", "f16", "on"))
-        self._events = [{"row": r, "verified_cpus": "0-1", "verified_mems": "bind:0", "noise": 0.0, "pid": 1}
-                        for r in recorded]
+        settings = SweepSpec.from_dict({"sweep": {"c": rows * 256, "ub": 256, "tg": 64, "threads": 2,
+                                                  "type_k": "q8_0", "k_repack": "on"}}).matrix[0].as_dict()
+        recorded = list(replay_rows({**settings, "threads_batch": 2}))
+        self._events = [{"row": r, "verified_cpus": "0-1", "verified_mems": "bind:0", "noise": 0.0, "pid": 1,
+                         "build_identity": {"kind": "replay"}} for r in recorded]
 
     def hosts(self):
         return self._hosts

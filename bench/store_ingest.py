@@ -37,8 +37,9 @@ LOG = ROOT / "tests" / "fixtures" / "ik-sweep-bench-xeon6980p-q8_0-32k.log"
 def prerecorded(n_rows: int) -> list[str]:
     """One worker's stream: n_rows JSONL lines replayed from the real log's timings."""
     source = recorded(str(LOG))
-    lines = [json.dumps(r) for r in rows(c=512 * n_rows, ub=512, tg=128, nrep=1, threads=88, threads_batch=128,
-                                         type_k="q8_0", type_v="f16", k_repack="auto", source=source)]
+    settings = {"c": 512 * n_rows, "ub": 512, "tg": 128, "threads": 88, "threads_batch": 128, "type_k": "q8_0",
+                "type_v": "f16", "k_repack": "auto", "flash_attn": True}
+    lines = [json.dumps(r) for r in rows(settings, source=source)]
     return lines[:n_rows]
 
 

@@ -15,7 +15,8 @@ from engine import _numba
 from engine.bench_watch import BenchWatch
 from engine.errors import EngineError
 from engine.model import load_model, stderr_log
-from engine.q8_0_r8 import K_REPACK_MODES
+from engine.options import (SETTINGS, UNSUPPORTED_FLAGS, OptionError, check_combination, describe, option_flag,
+                            parse_flash)
 from engine.sweep import TABLE_HEADER, TABLE_RULE, SweepConfig, format_jsonl, main_line, sweep
 from engine.synth import ALL_SHAPES, WTYPES, make_model
 
@@ -23,49 +24,51 @@ OUTPUT_FORMATS = ("md", "table", "jsonl")
 
 
 def _flash_arg(value: str | None) -> bool:
-    if value is None:
-        return True
-    v = value.lower()
-    if v in ("1", "on", "true", "yes", "auto"):
-        return True
-    if v in ("0", "off", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"-fa: expected on|off, got {value!r}")
+    try:
+        return parse_flash(value)
+    except OptionError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+class _Unsupported(argparse.Action):
+    """An ik / llama.cpp flag this engine does not implement: one line, exit 2."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: not supported by the numasweep engine (CPU only, no tensor "
+                     f"overrides; see `bench --help` for what it takes)")
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """``bench``'s flags: the model, then one per setting of engine.options.SETTINGS."""
     p.add_argument("-m", "--model", required=True, help="GGUF model file")
-    p.add_argument("-c", "--ctx-size", type=int, default=4096, help="sweep up to this KV depth (n_kv_max)")
-    p.add_argument("-ub", "--ubatch-size", type=int, default=512, help="PP batch per row (default 512)")
-    p.add_argument("-b", "--batch-size", type=int, default=2048, help="logical batch (recorded; >= -ub)")
-    p.add_argument("-n", "--n-predict", type=int, default=0, help="TG tokens per row (default ub/4)")
-    p.add_argument("-t", "--threads", type=int, default=0, help="TG threads (default: all CPUs)")
-    p.add_argument("-tb", "--threads-batch", type=int, default=0, help="PP threads (default: -t)")
-    p.add_argument("-ctk", "--cache-type-k", default="f16", help="K cache type: f32, f16, q8_0")
-    p.add_argument("-ctv", "--cache-type-v", default="f16", help="V cache type: f32, f16, q8_0")
-    p.add_argument("-fa", "--flash-attn", nargs="?", const=None, default=False, type=_flash_arg,
-                   metavar="on|off", help="flash attention (bare -fa = on)")
-    p.add_argument("-nrep", "--n-repetitions", type=int, default=1, help="repeat every row N times")
-    p.add_argument("--sweep-stride", type=int, default=1, help="time every Nth row only")
+    for s in SETTINGS:
+        text = s.help.replace("%", "%%") + f" (default: {s.default})"
+        if s.name == "flash_attn":
+            p.add_argument(*s.flags, dest=s.name, nargs="?", const=True, default=s.default, type=_flash_arg,
+                           metavar="on|off", help=text)
+        elif s.kind is bool:
+            p.add_argument(*s.flags, dest=s.name, action="store_true", default=s.default, help=text)
+        else:
+            # values are checked by the schema (one line naming the flag), not argparse's choices
+            metavar = "|".join(map(str, s.choices)) if s.choices else "N" if s.kind is int else "X"
+            p.add_argument(*s.flags, dest=s.name, type=s.kind, default=s.default, metavar=metavar, help=text)
     p.add_argument("--numa", default=None, choices=("distribute", "isolate", "numactl"),
                    help="accepted for llama.cpp compatibility; pinning is done by the orchestrator")
     p.add_argument("--output-format", default="md", help="md (alias: table) or jsonl")
-    p.add_argument("--seed", type=int, default=42, help="token-id stream seed (fixed: same every run)")
-    p.add_argument("--k-repack", default="auto", choices=K_REPACK_MODES,
-                   help="flash attention reads a q8_0 K cache as Q8_0_R8 for PP: auto = ik's rule "
-                        "(>= 8 tokens, K rows % 8 == 0), on = every PP batch, off = never (default auto)")
-    p.add_argument("-rtr", "--run-time-repack", action="store_true",
-                   help="repack Q8_0 weight matrices (not token_embd) to Q8_0_R8 at load (no mmap)")
-    # MoE / DeepSeek-2 (engine.moe, engine.mla); accepted and recorded for every model, no effect on llama/qwen2
-    p.add_argument("-fmoe", "--fused-moe", action="store_true",
-                   help="fused MoE expert kernels (gate+up+SwiGLU in one pass, then down)")
-    p.add_argument("-mla", "--mla-use", type=int, default=0, choices=(0, 1, 2, 3),
-                   help="deepseek2 attention: 0 decompress K/V from c^KV, 1/2 absorbed (same here), "
-                        "3 absorbed for TG + decompressed for PP (default 0)")
-    p.add_argument("-amb", "--attention-max-batch", type=int, default=0, metavar="MiB",
-                   help="cap the MLA attention scratch per head group at this many MiB (0 = no cap)")
-    p.add_argument("--no-mmap", action="store_true",
-                   help="copy the weights into memory at load instead of reading the file mapping")
+    for flag, takes_value in UNSUPPORTED_FLAGS.items():
+        p.add_argument(flag, action=_Unsupported, nargs=1 if takes_value else 0, help=argparse.SUPPRESS)
+
+
+def bench_settings(args: argparse.Namespace) -> dict:
+    """The schema's settings as given on the command line, each checked, then the rules between them."""
+    values = {s.name: getattr(args, s.name) for s in SETTINGS}
+    try:
+        for s in SETTINGS:
+            s.check(values[s.name])
+        check_combination(values)
+    except OptionError as exc:
+        raise EngineError(f"{option_flag(exc.setting)}: {exc.message}") from None
+    return values
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -74,28 +77,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           f"(allowed: {', '.join(OUTPUT_FORMATS)})")
     jsonl = args.output_format == "jsonl"
     info = stderr_log if jsonl else (lambda s: print(s, flush=True))
-    cfg = SweepConfig(n_ctx=args.ctx_size, n_ubatch=args.ubatch_size, n_batch=args.batch_size,
-                      n_gen=args.n_predict, nrep=args.n_repetitions, seed=args.seed,
-                      stride=args.sweep_stride).validate()
-    flash = True if args.flash_attn is None else bool(args.flash_attn)
-    model = load_model(args.model, n_ctx=cfg.n_ctx, type_k=args.cache_type_k, type_v=args.cache_type_v,
-                       flash_attn=flash, n_threads=args.threads, n_threads_batch=args.threads_batch,
-                       k_repack=args.k_repack, rtr=args.run_time_repack,
-                       fused_moe=args.fused_moe, mla=args.mla_use, amb=args.attention_max_batch,
-                       no_mmap=args.no_mmap,
-                       log=info)
+    v = bench_settings(args)
+    cfg = SweepConfig.from_settings(v)
+    model = load_model(args.model, n_ctx=v["c"], type_k=v["type_k"], type_v=v["type_v"],
+                       flash_attn=v["flash_attn"], n_threads=v["threads"], n_threads_batch=v["threads_batch"],
+                       k_repack=v["k_repack"], rtr=v["rtr"], fused_moe=v["fmoe"], mla=v["mla"], amb=v["amb"],
+                       no_mmap=v["no_mmap"], log=info)
     c = model.config
     info(f"model: {c.name} arch={c.arch} params={model.n_params / 1e6:.1f}M "
          f"size={model.size_bytes / 2**20:.1f} MiB type={_weight_types(model)} "
          f"layers={c.n_layer} heads={c.n_head}/{c.n_head_kv} head_dim={c.head_dim} vocab={c.n_vocab} "
          f"(loaded in {model.load_seconds:.2f} s)")
-    info(f"engine: n_ctx={cfg.n_ctx} ubatch={cfg.n_ubatch} tg={cfg.tg} threads={model.n_threads} "
-         f"threads_batch={model.n_threads_batch} type_k={args.cache_type_k} type_v={args.cache_type_v} "
-         f"flash_attn={int(flash)} k_repack={args.k_repack} rtr={int(args.run_time_repack)} "
-         f"fmoe={int(args.fused_moe)} mla={args.mla_use} amb={args.attention_max_batch} "
-         f"mmap={int(not (args.no_mmap or args.run_time_repack))} "
-         f"simd={_numba.SIMD} cpu={_numba.CPU_NAME} "
-         f"kv_cache={model.cache.nbytes / 2**20:.1f} MiB")
+    effective = {**v, "tg": cfg.tg, "threads": model.n_threads, "threads_batch": model.n_threads_batch}
+    info(f"engine: {describe(effective)} mmap={int(not (v['no_mmap'] or v['rtr']))} "
+         f"simd={_numba.SIMD} cpu={_numba.CPU_NAME} kv_cache={model.cache.nbytes / 2**20:.1f} MiB")
     info(main_line(model, cfg))
     if not jsonl:
         print("\n" + TABLE_HEADER + "\n" + TABLE_RULE, flush=True)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import EngineError
+from engine.options import CACHE_TYPES
 from engine.quant import f32_to_f16, quantize_q8_0
 
-KV_TYPES = ("f32", "f16", "q8_0")
+KV_TYPES = CACHE_TYPES  # the schema's cache types (engine.options)
 
 
 def kv_row_bytes(kv_type: str, n_values: int) -> int:

@@ -11,7 +11,6 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -20,10 +19,11 @@ from engine import _numba
 from engine.attention import attention
 from engine.errors import EngineError
 from engine.gguf_model import ModelConfig, Weight, Weights, load_weights, open_gguf
-from engine.kvcache import KV_TYPES, KVCache
+from engine.kvcache import KVCache
 from engine.no_mmap import copy_arrays
+from engine.options import EngineOptions, OptionError, option_flag
 from engine.matmul import gemm_f32, gemm_q8_0, gemm_q8_0_multi
-from engine.q8_0_r8 import (K_REPACK_MODES, RepackReport, RepackScratch, gemm_q8_0_r8, gemm_q8_0_r8_multi,
+from engine.q8_0_r8 import (RepackReport, RepackScratch, gemm_q8_0_r8, gemm_q8_0_r8_multi,
                             mmap_releaser, repack_weights)
 from engine.ops import rmsnorm_q8_0, rope_cache, rope_inplace, swiglu_q8_0
 from engine.quant import dequantize_q8_0, quantize_q8_0
@@ -32,43 +32,6 @@ from engine.quant import dequantize_q8_0, quantize_q8_0
 def rss_hwm_mib() -> float:
     """Peak resident set size of this process so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    n_ctx: int = 4096
-    type_k: str = "f16"
-    type_v: str = "f16"
-    flash_attn: bool = True
-    n_threads: int = 0          # 0 = all CPUs numba may use
-    n_threads_batch: int = 0
-    # MoE / DeepSeek-2 (engine.moe, engine.deepseek2); recorded but without effect on llama/qwen2:
-    fused_moe: bool = False     # -fmoe: fused expert up/gate/SwiGLU + down kernels
-    mla: int = 0                # -mla 0..3: MLA attention mode (engine.mla)
-    amb: int = 0                # -amb MiB: attention scratch cap per head group (0 = no cap)
-    no_mmap: bool = False       # --no-mmap: copy the weights out of the file mapping (engine.no_mmap)
-    # engine.q8_0_r8: flash attention reads a q8_0 K as Q8_0_R8 for PP (auto = ik's rule);
-    # -rtr repacks the Q8_0 weight matrices (not token_embd) to Q8_0_R8 at load.
-    k_repack: str = "auto"      # --k-repack auto|on|off
-    rtr: bool = False           # -rtr
-
-    def validate(self) -> "EngineOptions":
-        if self.mla not in (0, 1, 2, 3):
-            raise EngineError(f"-mla: mode must be 0, 1, 2 or 3, got {self.mla}")
-        if self.k_repack not in K_REPACK_MODES:
-            raise EngineError(f"--k-repack: unknown mode {self.k_repack!r} (allowed: {', '.join(K_REPACK_MODES)})")
-        if self.amb < 0:
-            raise EngineError(f"-amb: must be >= 0 MiB, got {self.amb}")
-        for flag, t in (("-ctk", self.type_k), ("-ctv", self.type_v)):
-            if t not in KV_TYPES:
-                raise EngineError(f"{flag}: unknown cache type {t!r} (allowed: {', '.join(KV_TYPES)})")
-        if self.n_ctx <= 0:
-            raise EngineError(f"-c: context size must be positive, got {self.n_ctx}")
-        avail = _numba.max_threads()
-        for flag, n in (("-t", self.n_threads), ("-tb", self.n_threads_batch)):
-            if n < 0 or n > avail:
-                raise EngineError(f"{flag}: {n} threads requested but only {avail} CPUs are available")
-        return self
 
 
 def _matmul(w: Weight, x: np.ndarray, xq: np.ndarray | None) -> np.ndarray:
@@ -248,7 +211,11 @@ def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16
     opts = EngineOptions(n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=flash_attn,
                          n_threads=n_threads, n_threads_batch=n_threads_batch,
                          fused_moe=fused_moe, mla=mla, amb=amb,
-                         k_repack=k_repack, rtr=rtr, no_mmap=no_mmap).validate()
+                         k_repack=k_repack, rtr=rtr, no_mmap=no_mmap)
+    try:
+        opts.validate(max_threads=_numba.max_threads())
+    except OptionError as exc:
+        raise EngineError(f"{option_flag(exc.setting)}: {exc.message}") from None
     t0 = time.perf_counter()
     path = str(path)
     reader = open_gguf(path)

@@ -32,6 +32,7 @@ from numba import njit, prange
 
 from engine import _numba
 from engine._numba import NJIT, PARALLEL
+from engine.options import K_REPACK_MODES
 from engine._simd_r8 import R8_BLOCK_BYTES, r8_tile_1, r8_tile_2, r8_tile_4
 from engine.quant import Q8_0_BYTES, QK8_0, f16_bits_to_f32
 
@@ -255,7 +256,6 @@ def gemm_q8_0_r8(w: np.ndarray, xq: np.ndarray, out: np.ndarray | None = None,
 
 # -- K-cache repack policy and scratch ---------------------------------------------------
 
-K_REPACK_MODES = ("auto", "on", "off")
 
 
 def k_repack_applies(mode: str, n_q: int, n_kv: int, type_k: str, head_dim: int) -> bool:

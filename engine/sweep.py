@@ -23,12 +23,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from engine import sweep_table
 from engine.errors import EngineError
 from engine.model import Model, rss_hwm_mib
+from engine.options import OptionError, check_combination, check_value, effective_tg, option_flag
 
-TABLE_HEADER = ("|%6s | %6s | %6s | %8s | %8s | %8s | %8s |"
-                % ("PP", "TG", "N_KV", "T_PP s", "S_PP t/s", "T_TG s", "S_TG t/s"))
-TABLE_RULE = "|%6s-|-%6s-|-%6s-|-%8s-|-%8s-|-%8s-|-%8s-|" % (("------",) * 3 + ("--------",) * 4)
+TABLE_HEADER = sweep_table.header()
+TABLE_RULE = sweep_table.rule()
 
 
 @dataclass(frozen=True)
@@ -43,22 +44,26 @@ class SweepConfig:
 
     @property
     def tg(self) -> int:
-        return self.n_gen if self.n_gen > 0 else max(1, self.n_ubatch // 4)
+        return effective_tg(self.n_ubatch, self.n_gen)
+
+    def settings(self) -> dict:
+        """These values under their schema names (engine.options)."""
+        return {"c": self.n_ctx, "ub": self.n_ubatch, "b": self.n_batch, "tg": self.n_gen, "nrep": self.nrep,
+                "seed": self.seed, "sweep_stride": self.stride}
+
+    @classmethod
+    def from_settings(cls, v: dict) -> "SweepConfig":
+        return cls(n_ctx=v["c"], n_ubatch=v["ub"], n_batch=v["b"], n_gen=v["tg"], nrep=v["nrep"], seed=v["seed"],
+                   stride=v["sweep_stride"]).validate()
 
     def validate(self) -> "SweepConfig":
-        if self.n_ubatch <= 0:
-            raise EngineError(f"-ub: ubatch size must be positive, got {self.n_ubatch}")
-        if self.n_ctx <= 0 or self.n_ctx % self.n_ubatch:
-            raise EngineError(f"-c: context {self.n_ctx} is not a positive multiple of -ub {self.n_ubatch}")
-        if self.n_batch < self.n_ubatch:
-            raise EngineError(f"-b: batch size {self.n_batch} is smaller than -ub {self.n_ubatch}")
-        if self.tg > self.n_ubatch:
-            raise EngineError(f"-n: {self.tg} TG tokens exceed the ubatch {self.n_ubatch} (the cache "
-                              "would overflow at the last row)")
-        if self.nrep < 1:
-            raise EngineError(f"-nrep: must be at least 1, got {self.nrep}")
-        if self.stride < 1:
-            raise EngineError(f"--sweep-stride: must be at least 1, got {self.stride}")
+        values = self.settings()
+        try:
+            for name, value in values.items():
+                check_value(name, value)
+            check_combination(values)
+        except OptionError as exc:
+            raise EngineError(f"{option_flag(exc.setting)}: {exc.message}") from None
         return self
 
 
@@ -83,8 +88,8 @@ class SweepRow:
             raise ValueError(f"invalid sweep row {self}")
 
     def table_line(self) -> str:
-        return "|%6d | %6d | %6d | %8.3f | %8.2f | %8.3f | %8.2f |" % (
-            self.pp, self.tg, self.n_kv, self.t_pp, self.speed_pp, self.t_tg, self.speed_tg)
+        return sweep_table.line(sweep_table.cells(self.pp, self.tg, self.n_kv, self.t_pp, self.speed_pp, self.t_tg,
+                                                  self.speed_tg))
 
 
 def main_line(model: Model, cfg: SweepConfig) -> str:
@@ -94,16 +99,24 @@ def main_line(model: Model, cfg: SweepConfig) -> str:
             f"n_threads = {model.n_threads}, n_threads_batch = {model.n_threads_batch}")
 
 
+def effective_settings(model: Model, cfg: SweepConfig) -> dict:
+    """Every schema setting as this sweep applies it (threads resolved), for the JSONL echo."""
+    return {**model.options.settings(), **cfg.settings(), "tg": cfg.tg, "threads": model.n_threads,
+            "threads_batch": model.n_threads_batch}
+
+
 def jsonl_record(model: Model, cfg: SweepConfig, row: SweepRow, noise: float | None = None) -> dict:
-    """ik's sweep-bench JSONL keys, then ours (``noise``: foreign CPU load during the row, when measured)."""
-    o = model.options
+    """ik's sweep-bench JSONL keys, then ours: the row's measurements and, under their schema
+    names, the effective settings (the orchestrator checks them against what it asked for);
+    ``noise``: foreign CPU load during the row, when measured (bench)."""
     rec = {"n_kv_max": cfg.n_ctx, "n_batch": cfg.n_batch, "n_ubatch": cfg.n_ubatch,
-           "flash_attn": int(o.flash_attn), "n_gpu_layers": -1, "n_threads": model.n_threads,
+           "flash_attn": int(model.options.flash_attn), "n_gpu_layers": -1, "n_threads": model.n_threads,
            "n_threads_batch": model.n_threads_batch}
     rec.update(asdict(row))
-    rec.update({"type_k": o.type_k, "type_v": o.type_v,
-                "k_repack": o.k_repack, "rtr": bool(o.rtr), "fmoe": bool(o.fused_moe), "mla": int(o.mla),
-                "amb": int(o.amb), "no_mmap": bool(o.no_mmap), "weight_bytes": model.weight_bytes_per_token})
+    echo = effective_settings(model, cfg)
+    del echo["tg"]  # the row's own tg field
+    rec.update(echo)
+    rec["weight_bytes"] = model.weight_bytes_per_token
     if noise is not None:
         rec["noise"] = noise
     return rec
@@ -116,10 +129,13 @@ def _timed(fn) -> float:
 
 
 def warmup(model: Model, cfg: SweepConfig, rng: np.random.Generator) -> None:
+    """One ubatch and one TG step (on a non-empty cache), never timed; positions stay < ub so
+    that -c == -ub works (ik runs one row there)."""
     n_vocab = model.n_vocab
     model.kv_clear()
     model.eval(rng.integers(0, n_vocab, cfg.n_ubatch), 0, all_logits=False)
-    model.eval(rng.integers(0, n_vocab, 1), cfg.n_ubatch)
+    model.kv_truncate(cfg.n_ubatch - 1)
+    model.eval(rng.integers(0, n_vocab, 1), cfg.n_ubatch - 1)
     model.kv_clear()
 
 

@@ -5,7 +5,7 @@
     {"format": "numasweep-bundle", "version": 1, "created_at", "created_by",
      "run":    label, source, status, settings, spec, meta, times, note, the run's id in its store,
      "hosts":  per host: fingerprint, name, profile (topology, ISA, tuning state), simulated,
-     "builds": per build name: its identity (binary hash / package version + commit), when recorded,
+     "builds": per build: name, kind and identity (binary hash / package version + commit),
      "models": per model of the spec: path or shape, size and sha256 of the file (hashed when bundled),
      "points": every point, with its host key, build and original time}
 
@@ -54,10 +54,9 @@ def make_bundle(store: Store, run_id: int, *, hash_models: bool = True) -> dict:
     host_ids = sorted({p["host_id"] for p in points if p["host_id"] is not None})
     hosts = {hid: store.host(hid) for hid in host_ids}
     key = {hid: f"h{i}" for i, hid in enumerate(host_ids)}
-    builds: dict[str, dict | None] = {}
-    for p in points:
-        if p.get("build"):
-            builds.setdefault(p["build"], p.get("build_identity"))
+    known = {b["id"]: b for b in store.builds()}
+    build_ids = sorted({p["build_id"] for p in points if p.get("build_id") is not None})
+    bkey = {bid: f"b{i}" for i, bid in enumerate(build_ids)}
     return {
         "format": FORMAT, "version": VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -65,10 +64,11 @@ def make_bundle(store: Store, run_id: int, *, hash_models: bool = True) -> dict:
         "run": {f: run.get(f) for f in _RUN_FIELDS},
         "hosts": [{"key": key[hid], "fingerprint": h["fingerprint"], "name": h["name"], "profile": h["profile"],
                    "simulated": bool(h["simulated"])} for hid, h in hosts.items()],
-        "builds": [{"name": n, "identity": ident} for n, ident in sorted(builds.items())],
+        "builds": [{"key": bkey[bid], "name": known[bid]["name"], "kind": known[bid]["kind"],
+                    "identity": known[bid]["identity"]} for bid in build_ids],
         "models": _models(run, Path(store.path).parent, hash_models),
-        "points": [{"host": key.get(p["host_id"]), "build": p.get("build"), "created_at": p["created_at"],
-                    **{f: p[f] for f in _POINT_FIELDS}} for p in points],
+        "points": [{"host": key.get(p["host_id"]), "build": p.get("build"), "build_key": bkey.get(p.get("build_id")),
+                    "created_at": p["created_at"], **{f: p[f] for f in _POINT_FIELDS}} for p in points],
     }
 
 
@@ -189,6 +189,13 @@ def read_bundle(path) -> Bundle:
     for field, kind in (("run", dict), ("hosts", list), ("builds", list), ("models", list), ("points", list)):
         if not isinstance(doc.get(field), kind):
             raise BundleError(f"{name}: bundle field {field!r} must be a JSON {kind.__name__}")
+    bkeys = set()
+    for i, b in enumerate(doc["builds"]):
+        if not isinstance(b, dict) or not isinstance(b.get("key"), str) or b["key"] in bkeys \
+                or not isinstance(b.get("name"), str) or not isinstance(b.get("kind"), str) \
+                or not isinstance(b.get("identity"), dict):
+            raise BundleError(f"{name}: builds[{i}] needs a unique string key, a name, a kind and an identity object")
+        bkeys.add(b["key"])
     keys = set()
     for i, h in enumerate(doc["hosts"]):
         if not isinstance(h, dict) or not isinstance(h.get("key"), str) or h["key"] in keys:
@@ -204,6 +211,8 @@ def read_bundle(path) -> Bundle:
             raise BundleError(f"{name}: points[{i}] is not an object")
         if p.get("host") is not None and p["host"] not in keys:
             raise BundleError(f"{name}: points[{i}].host {p['host']!r} is not one of the bundle's hosts")
+        if p.get("build_key") is not None and p["build_key"] not in bkeys:
+            raise BundleError(f"{name}: points[{i}].build_key {p['build_key']!r} is not one of the bundle's builds")
         if not isinstance(p.get("created_at"), str):
             raise BundleError(f"{name}: points[{i}].created_at must be a string")
         try:
@@ -215,9 +224,10 @@ def read_bundle(path) -> Bundle:
     return Bundle(name, doc, digest)
 
 
-def _point(p: dict, host_id: int | None) -> Point:
+def _point(p: dict, host_id: int | None, build_id: int | None = None) -> Point:
     return Point(**{f: p.get(f) for f in _POINT_FIELDS if f not in ("simulated", "settings")},
-                 settings=p.get("settings") or {}, simulated=bool(p.get("simulated")), host_id=host_id)
+                 settings=p.get("settings") or {}, simulated=bool(p.get("simulated")), host_id=host_id,
+                 build=p.get("build"), build_id=build_id)
 
 
 @dataclass(frozen=True)
@@ -239,8 +249,6 @@ def import_bundle(store: Store, bundle: Bundle) -> BundleImport:
     if existing is not None:
         return BundleImport(bundle.path, existing["id"], 0, True)
     doc, run = bundle.doc, bundle.run
-    if any(p.get("build") for p in doc["points"]) and not hasattr(store, "upsert_build"):
-        raise BundleError(f"{bundle.path}: the bundle's points carry builds, which this store cannot hold yet")
     meta = dict(run.get("meta") or {})
     meta["bundle"] = {"file": str(Path(bundle.path).resolve()), "sha256": _sha256(Path(bundle.path)),
                       "payload_sha256": bundle.payload_hash, "created_at": doc.get("created_at"),
@@ -251,13 +259,16 @@ def import_bundle(store: Store, bundle: Bundle) -> BundleImport:
         host_ids = {h["key"]: store.upsert_host(fingerprint=h.get("fingerprint"), profile=h.get("profile"),
                                                 name=h.get("name"), simulated=bool(h.get("simulated")))
                     for h in doc["hosts"]}
+        build_ids = {b["key"]: store.upsert_build(name=b["name"], kind=b["kind"], identity=b["identity"])
+                     for b in doc["builds"]}
         run_id = store.create_run(
             settings=run["settings"], spec=run.get("spec"), label=run.get("label"), source="bundle",
             status=run.get("status") or "ok", version=run.get("version"), git_commit=run.get("git_commit"),
             meta=meta, source_file=run.get("source_file"), content_hash=bundle.payload_hash,
             started_at=run.get("started_at"), finished_at=run.get("finished_at"), note=run.get("note"))
         pts = doc["points"]
-        n = store.add_points(run_id, [_point(p, host_ids.get(p.get("host"))) for p in pts],
+        n = store.add_points(run_id, [_point(p, host_ids.get(p.get("host")), build_ids.get(p.get("build_key")))
+                                      for p in pts],
                              created_at=[p["created_at"] for p in pts])
     return BundleImport(bundle.path, run_id, n, False)
 

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
+from engine import sweep_table
+from engine.options import describe
+from hostprofiles import format_cpulist
 from orchestrator.errors import NumasweepError
+from orchestrator.local_backend import LocalExecutor, local_host
+from orchestrator.plan import build_plan
+from orchestrator.report import write_report
 from orchestrator.spec import DEFAULT_STORE, SweepSpec
 
 # The embedded main job: short enough for a few minutes on 2 cores. K is q8_0 with
@@ -45,7 +52,6 @@ def _with_store(spec: SweepSpec, store: str) -> SweepSpec:
 def _executor(args: argparse.Namespace, spec: SweepSpec):
     """The executor and a function that tears it down."""
     if args.no_ray:
-        from orchestrator.coordinator import LocalExecutor
         ex = LocalExecutor()
         return ex, ex.close
     from orchestrator import ray_backend
@@ -66,57 +72,117 @@ def _executor(args: argparse.Namespace, spec: SweepSpec):
     return ex, stop
 
 
+def _embedded(args: argparse.Namespace, spec: SweepSpec) -> bool:
+    """The run uses only this machine (embedded Ray or --no-ray), so it can be planned before
+    anything starts."""
+    return args.no_ray or not (args.address or spec.address or os.environ.get("RAY_ADDRESS"))
+
+
+def precheck(args: argparse.Namespace, spec: SweepSpec) -> None:
+    """Everything knowable before Ray, the store or a model file is touched: the models' headers
+    and, for a run on this machine only, the whole plan against this host."""
+    check_model_files(spec)
+    if _embedded(args, spec):
+        build_plan(spec, [local_host()], Path(spec.store).parent / "models")
+
+
+def check_model_files(spec: SweepSpec) -> None:
+    """A header-only parse of every model path (regular files: the spec checked that)."""
+    from engine.inspect import check_model_file
+    for m in spec.models:
+        if m.path:
+            check_model_file(m.path)
+
+
 def _execute(args: argparse.Namespace, spec: SweepSpec, run_id: int | None) -> int:
     from orchestrator.coordinator import run_sweep
     from orchestrator.progress import RunProgress
     from orchestrator.store import Store
 
-    store = Store.open(spec.store)
+    precheck(args, spec)
     say = None if args.quiet else RunProgress()  # live on stderr; plain lines when not a terminal
     executor, stop = _executor(args, spec)
     try:
-        result = run_sweep(spec, executor, store, run_id=run_id, progress=say)
+        result = run_sweep(spec, executor, spec.store, run_id=run_id, progress=say)
     finally:
         if say is not None:
             say.close()
         stop()
-    points = store.points(result.run_id)
-    print(render_tables(points))
-    if points and not args.no_report:
-        try:
-            from orchestrator.report import write_report
-        except ImportError:
-            write_report = None
-        if write_report is not None:  # --out, else a new directory next to the store (never overwritten)
+    with Store.open(spec.store) as store:
+        points = store.points(result.run_id)
+        print(render_tables(points))
+        if points and not args.no_report:  # --out, else a new directory next to the store (never overwritten)
             print(f"report: {Path(write_report(store, [result.run_id], args.out)).resolve()}")
-    store.close()
     print(f"run {result.run_id}: {result.status} ({result.stored} of {result.expected} points stored in {spec.store})")
     return 0 if result.status == "ok" else 1
 
 
 def render_tables(points: list[dict]) -> str:
-    """One sweep-bench table per (host, slot, settings), with the settings that name it."""
+    """One sweep-bench table per (host, slot, build, settings), with the settings that name it."""
     groups: dict[tuple, list[dict]] = {}
     for p in points:
-        groups.setdefault((p["host_name"], p["slot"], p["settings_key"]), []).append(p)
+        groups.setdefault((p["host_name"], p["slot"], p.get("build"), p["settings_key"]), []).append(p)
     out = []
-    for (host, slot, _), rows in groups.items():
+    for (host, slot, build, _), rows in groups.items():
         s = rows[0]["settings"]
-        out.append(f"\n{host}/{slot}: model={s.get('model')} t={s.get('threads')} tb={s.get('threads_batch')} "
-                   f"ctk={s.get('type_k')} ctv={s.get('type_v')} fa={int(bool(s.get('flash_attn')))} "
-                   f"k_repack={s.get('k_repack')} cpus={rows[0]['verified_cpus']} mem={rows[0]['verified_mems']}"
+        out.append(f"\n{host}/{slot}: {build or ''} model={s.get('model')} "
+                   f"{describe(s, ('threads', 'threads_batch', 'type_k', 'type_v', 'flash_attn', 'k_repack', 'rtr', 'fmoe', 'mla', 'amb'))} "
+                   f"cpus={rows[0]['verified_cpus']} mem={rows[0]['verified_mems']}"
                    + (" [simulated]" if rows[0]["simulated"] else ""))
-        out.append("|    PP |     TG |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s | rep | noise |")
-        out.append("|-------|--------|--------|----------|----------|----------|----------|-----|-------|")
-        for r in sorted(rows, key=lambda r: (r["n_kv"], r["rep"])):
-            noise = "" if r["noise"] is None else f"{r['noise']:.0%}"
-            out.append(f"| {r['pp']:5d} | {r['tg']:6d} | {r['n_kv']:6d} | {r['t_pp']:8.3f} | {r['speed_pp']:8.2f} "
-                       f"| {r['t_tg']:8.3f} | {r['speed_tg']:8.2f} | {r['rep']:3d} | {noise:>5} |")
+        body = [sweep_table.cells(r["pp"], r["tg"], r["n_kv"], r["t_pp"], r["speed_pp"], r["t_tg"], r["speed_tg"])
+                + (str(r["rep"]), "" if r["noise"] is None else f"{r['noise']:.0%}")
+                for r in sorted(rows, key=lambda r: (r["n_kv"], r["rep"]))]
+        out.append(sweep_table.render(body, extra=("rep", "noise")))
     return "\n".join(out)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _execute(args, _spec(args), None)
+    spec = _spec(args)
+    if args.dry_run:
+        return dry_run(args, spec)
+    return _execute(args, spec, None)
+
+
+def dry_run(args: argparse.Namespace, spec: SweepSpec) -> int:
+    """Validate and print the plan (hosts, slots, CPUs, memory binding, the exact argv per job)
+    without starting anything: against --host-profile, else the spec's [hosts] profiles, else
+    this machine."""
+    from hostprofiles import load_profile
+    from orchestrator import backends, pin
+    from orchestrator.jobs import HostInfo
+
+    check_model_files(spec)
+    names = [args.host_profile] if args.host_profile else list(spec.hosts.profiles)
+    if names:
+        hosts = []
+        for i, name in enumerate(names):
+            prof = _load_profile(name, load_profile)
+            hosts.append(HostInfo(key=f"profile-{i}", profile=prof, labels={}, simulated=False,
+                                  real_cpus=tuple(c.id for c in prof.cpus), real_nodes=tuple(n.id for n in prof.nodes)))
+    else:
+        hosts = [local_host()]
+    plan = build_plan(spec, hosts, Path(spec.store).parent / "models")
+    print(f"plan: {len(plan.slots)} slot(s), {len(plan.jobs)} job(s), builds {', '.join(b.name for b in spec.builds)}, "
+          f"{spec.repetitions} repetition(s); store {spec.store} (nothing run)")
+    for sp in plan.slots:
+        print(f"\nhost {sp.host_name} ({sp.host.profile.name}): slot {sp.slot.name} cpus="
+              f"{format_cpulist(sp.slot.cpus)} threads={sp.slot.threads} mem={sp.slot.mem_policy}:"
+              f"{format_cpulist(sp.slot.mem_nodes)}")
+        for job in sp.jobs:
+            argv = pin.launcher_argv(sp.slot.cpus, sp.slot.mem_policy, sp.slot.mem_nodes,
+                                     max(job.threads, job.threads_batch), backends.get(job.build.kind).argv(job))
+            print(f"  job {job.index} rep {job.rep} {job.build.name}: {shlex.join(argv)}")
+    return 0
+
+
+def _load_profile(name: str, load_profile):
+    from hostprofiles import HostProfile
+    if name.endswith(".json"):
+        try:
+            return HostProfile.from_json(json.loads(Path(name).read_text()))
+        except (OSError, ValueError) as exc:
+            raise RunError(f"--host-profile {name}: {exc}") from None
+    return load_profile(name)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -135,12 +201,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 # -- Ray Jobs ------------------------------------------------------------------
 def _client(address: str):
-    from ray.job_submission import JobSubmissionClient
-
-    import orchestrator.ray_backend  # noqa: F401 - quiets Ray's auth reminder for the job client too
+    from orchestrator import ray_backend  # importing it also quiets Ray's auth reminder for the job client
 
     try:
-        return JobSubmissionClient(address)
+        return ray_backend.job_client(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RunError(f"no Ray job server at {address}: {str(exc).splitlines()[0]}") from None
 
@@ -204,6 +268,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a sweep spec (default: the embedded main job) on Ray")
     p.add_argument("spec", nargs="?", help="sweep spec TOML (see examples/); none = the default main job")
     run_flags(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and print the plan (hosts, slots, CPUs, memory, argv per job); run nothing")
+    p.add_argument("--host-profile", metavar="NAME|FILE", default=None,
+                   help="--dry-run: plan against this saved profile (default: the spec's [hosts] profiles, "
+                        "else this machine)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="finish an interrupted or partial run")

@@ -1,27 +1,33 @@
-"""The coordinator: plans a spec onto hosts and slots, dispatches jobs, stores rows as they land.
+"""The coordinator: a planned spec dispatched onto executor slots, rows stored as they land.
 
-Plain Python over an *executor* (``hosts()``, ``open_slot(host, slot)``,
-``close()``): ``LocalExecutor`` below runs slots in this process's children;
-``orchestrator.ray_backend.RayExecutor`` runs them in pinned Ray actors. Every
-row is written to the store in its own transaction the moment it arrives, so a
-crash keeps every finished point; a resumed run skips what is stored.
+Plain Python over an *executor* (``hosts()``, ``open_slot(host, slot)``, ``close()``):
+``orchestrator.local_backend.LocalExecutor`` runs slots as this machine's children,
+``orchestrator.ray_backend.RayExecutor`` in pinned Ray actors. The stages are kept apart:
+
+1. plan (``orchestrator.plan``): hosts, slots and jobs, no side effects; a plan that
+   cannot run is a SpecError and the store is never opened;
+2. record: the store is opened, hosts, builds and the run written;
+3. skip: what a resumed run already holds, by the store's point keys (``Store.done_keys``);
+4. dispatch: one thread per slot runs its jobs; every row is checked and written in its
+   own transaction the moment it arrives, so a crash keeps every finished point;
+5. finish: the run's status and a note naming every missing point.
 """
 from __future__ import annotations
 
-import json
 import queue
-import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 from engine.progress import row_stats
+from orchestrator.builds import package_version, git_commit
 from orchestrator.errors import NumasweepError, StoreError
 from orchestrator.jobs import HostInfo, HostLost, Job, JobFailed, SlotConfig, WorkerLost
-from orchestrator.point import Point
-from orchestrator.progress import ProgressEvent, build_name, settings_in_words, varying_keys
+from orchestrator.plan import Plan, SlotPlan, build_plan
+from orchestrator.point import Point, canonical_json, point_key, settings_key_for
+from orchestrator.progress import ProgressEvent, settings_in_words, varying_keys
 from orchestrator.spec import SpecError, SweepSpec
 from orchestrator.store import Store
 
@@ -47,192 +53,54 @@ class RunResult:
     note: str | None
 
 
-# -- planning ----------------------------------------------------------------
-def _real(host: HostInfo, cpus, nodes) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """A simulated host's CPUs / memory nodes mapped onto this machine's (id modulo count)."""
-    if not host.simulated:
-        return tuple(cpus), tuple(nodes)
-    rc, rn = host.real_cpus, host.real_nodes or (0,)
-    return (tuple(sorted({rc[c % len(rc)] for c in cpus})),
-            tuple(sorted({rn[n % len(rn)] for n in nodes})))
+@dataclass
+class _JobState:
+    """What the dispatcher knows of one job: where it runs and which point keys are still due."""
+    job: Job
+    sp: SlotPlan
+    host_id: int
+    settings: dict                       # stored settings (computed once: the row hot path)
+    keys: dict[tuple[int, int], tuple]   # (rep, n_kv) -> the point key it will be stored under
+    left: set[tuple[int, int]] = field(default_factory=set)
+    problem: str | None = None
 
 
-def plan_slots(host: HostInfo, spec: SweepSpec) -> list[SlotConfig]:
-    from hostprofiles.errors import ProfileError
-    from orchestrator.placement import plan
-
-    p = spec.placement
-    try:
-        placements = plan(host.profile, p.policy, smt=p.smt, mem_policy=p.mem_policy,
-                          cpus=p.cpus)
-    except ProfileError as exc:
-        raise SpecError(f"placement on host {host.profile.name}: {exc}") from None
-    slots = []
-    for pl in placements:
-        cpus, nodes = _real(host, pl.cpus, pl.mem_nodes)
-        threads = min(pl.threads, len(cpus))
-        record = pl.to_json()
-        if host.simulated:
-            record["real_cpus"], record["real_mem_nodes"] = list(cpus), list(nodes)
-        slots.append(SlotConfig(name=pl.name, cpus=cpus, mem_policy=pl.mem_policy, mem_nodes=nodes,
-                                threads=threads, placement=record, simulated=host.simulated))
-    return slots
-
-
-def model_paths(spec: SweepSpec, models_dir: Path) -> list[tuple[str, str, str | None, int]]:
-    """(path, name, shape, seed) per model; synthetic ones cached under ``models_dir``."""
-    out = []
-    for m in spec.models:
-        if m.path:
-            out.append((m.path, m.name, None, 0))
-        else:
-            out.append((str((models_dir / f"{m.shape}-seed{m.seed}.gguf").resolve()), m.name, m.shape, m.seed))
-    return out
-
-
-def plan_jobs(spec: SweepSpec, host: HostInfo, slot: SlotConfig, models, start: int) -> list[Job]:
-    jobs = []
-    for path, name, shape, mseed in models:
-        for s in spec.matrix:
-            threads = s.threads or slot.placement["threads"]
-            threads_batch = s.threads_batch or threads
-            limit = len(slot.placement["cpus"])  # the host's own CPUs, simulated or not
-            for key, value in (("sweep.threads", threads), ("sweep.threads_batch", threads_batch)):
-                if value > limit:
-                    raise SpecError(f"{key} = {value} is impossible on slot {slot.name} of host "
-                                    f"{host.profile.name}: it has {limit} CPUs (allowed: 1..{limit})")
-            jobs.append(Job(index=start + len(jobs), host=host.key, slot=slot.name, model=path, model_name=name,
-                            settings=s, threads=threads, threads_batch=threads_batch,
-                            repetitions=spec.repetitions, seed=spec.seed, backend=spec.backend,
-                            model_shape=shape, model_seed=mseed))
-    return jobs
-
-
-def _job_index_key(host_id: int, slot: str, pp: int, tg: int, settings: dict, names) -> str:
-    return json.dumps([host_id, slot, pp, tg, {k: settings.get(k) for k in names}], sort_keys=True)
-
-
-def _git_commit() -> str | None:
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return res.stdout.strip() or None if res.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def _version() -> str | None:
-    try:
-        from importlib.metadata import version
-        return version("numasweep")
-    except Exception:  # not installed (running from a checkout)
-        return None
-
-
-# -- running -----------------------------------------------------------------
-def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int | None = None,
+def run_sweep(spec: SweepSpec, executor: Executor, store: Store | str | Path, *, run_id: int | None = None,
               progress: Callable[[str], None] | None = None, max_attempts: int = 3,
               models_dir: Path | None = None) -> RunResult:
-    """Measure ``spec`` (or finish run ``run_id``) on ``executor``'s hosts; returns the outcome."""
+    """Measure ``spec`` (or finish run ``run_id``) on ``executor``'s hosts; returns the outcome.
+
+    ``store`` is a Store or a path; a path is opened (created) only once the plan holds.
+    """
     say = progress or (lambda _line: None)
-    models = model_paths(spec, models_dir or Path(spec.store).parent / "models")
+    plan = build_plan(spec, executor.hosts(), models_dir or Path(spec.store).parent / "models")
+    if any(b.kind != "replay" for b in spec.builds):  # replay reads no model
+        ensure_models(plan)
+    own = not isinstance(store, Store)
+    db = Store.open(store) if own else store
+    try:
+        return _run(spec, plan, executor, db, run_id, say, max_attempts)
+    finally:
+        if own:
+            db.close()
 
-    hosts = [h for h in executor.hosts() if spec.hosts.matches(h.labels, h.profile.name)]
-    if not hosts:
-        raise SpecError("no host matches [hosts] (labels "
-                        f"{dict(spec.hosts.labels) or 'any'}, profiles {list(spec.hosts.profiles) or 'any'})")
-    plan: list[tuple[HostInfo, int, SlotConfig, list[Job]]] = []
-    host_label: dict[int, str] = {}
-    for host, name in zip(hosts, _host_names(hosts)):
-        # Identical machines share a profile fingerprint; the store row is per machine.
-        host_id = store.upsert_host(fingerprint=f"{host.profile.fingerprint}:{name}",
-                                    profile=host.profile.to_json(), name=name, simulated=host.simulated)
-        host_label[host_id] = name
-        for slot in plan_slots(host, spec):
-            jobs = plan_jobs(spec, host, slot, models, sum(len(p[3]) for p in plan))
-            plan.append((host, host_id, slot, jobs))
 
-    if spec.backend.kind != "replay":  # replay reads no model
-        _ensure_models(models)
-    if run_id is None:
-        run_id = store.create_run(settings={"models": [m[1] for m in models], "placement": spec.placement.policy,
-                                            "backend": spec.backend.kind, "repetitions": spec.repetitions,
-                                            "jobs": sum(len(p[3]) for p in plan), "spec_dir": spec.base},
-                                  spec=spec.source, label=spec.label, version=_version(), git_commit=_git_commit())
-    else:
-        store.set_run_status(run_id, "running")
-
-    # What is stored already (resume): (rep, n_kv) per job identity.
-    names = tuple(plan[0][3][0].point_settings()) if plan and plan[0][3] else ()
-    done: dict[str, set] = {}
-    for p in store.points(run_id):
-        key = _job_index_key(p["host_id"], p["slot"], p["pp"], p["tg"], p["settings"], names)
-        done.setdefault(key, set()).add((p["rep"], p["n_kv"]))
-
-    def job_key(host_id: int, job: Job) -> str:
-        return _job_index_key(host_id, job.slot, job.settings.ubatch, job.settings.tg, job.point_settings(), names)
-
-    todo: list[tuple[HostInfo, int, SlotConfig, list[Job]]] = []
-    for host, host_id, slot, jobs in plan:
-        left = [j for j in jobs if set(j.expected()) - done.get(job_key(host_id, j), set())]
-        if left:
-            todo.append((host, host_id, slot, left))
-    expected = sum(len(set(j.expected()) - done.get(job_key(hid, j), set())) for _, hid, _, js in todo for j in js)
-    # Progress facts: per slot ("lane") the points and jobs left; per job its settings in words.
-    left_of = {j.index: len(set(j.expected()) - done.get(job_key(hid, j), set())) for _, hid, _, js in todo for j in js}
-    lane_of = {j.index: f"{host_label[hid]}/{slot.name}" for _, hid, slot, js in todo for j in js}
-    vary = varying_keys([j.point_settings() for _, _, _, js in plan for j in js])
-    words_of = {j.index: " ".join(filter(None, (lane_of[j.index], build_name(j),
-                                                settings_in_words(j.point_settings(), vary))))
-                for _, _, _, js in todo for j in js}
-    say(ProgressEvent(f"run {run_id}: {len(hosts)} host(s), {len(plan)} slot(s), {expected} point(s) to measure",
-                      "plan", run_id=run_id, total=expected,
-                      lanes={lane_of[js[0].index]: (sum(left_of[j.index] for j in js), len(js)) for _, _, _, js in todo}))
-
-    events: queue.Queue = queue.Queue()
-    threads = [threading.Thread(target=_slot_loop, args=(executor, host, slot, jobs, events, max_attempts),
-                                daemon=True) for host, _hid, slot, jobs in todo]
-    for t in threads:
-        t.start()
-    by_job = {j.index: (host, hid, slot) for host, hid, slot, js in todo for j in js}
-    # Per job, computed once: a row's hot path is one Point and one INSERT.
-    settings_of = {j.index: j.point_settings() for _, _, _, js in todo for j in js}
-    key_of = {j.index: job_key(hid, j) for _, hid, _, js in todo for j in js}
-    stored, running, problems = 0, len(threads), {}
+def _run(spec: SweepSpec, plan: Plan, executor: Executor, store: Store, run_id: int | None,
+         say: Callable[[str], None], max_attempts: int) -> RunResult:
+    run_id, host_ids = record_run(store, spec, plan, run_id)
+    states = pending(store, run_id, plan, host_ids)
+    expected = sum(len(st.left) for st in states)
+    n_hosts = len({sp.host.key for sp in plan.slots})
+    lanes: dict[str, list[int]] = {}  # per slot: points and jobs left (the ETA's plan)
+    for st in states:
+        lane = lanes.setdefault(_lane(st), [0, 0])
+        lane[0] += len(st.left)
+        lane[1] += 1
+    say(ProgressEvent(f"run {run_id}: {n_hosts} host(s), {len(plan.slots)} slot(s), {expected} point(s) to measure",
+                      "plan", run_id=run_id, total=expected, lanes={k: tuple(v) for k, v in lanes.items()}))
     t0 = time.monotonic()
-    while running:
-        kind, job, payload = events.get()
-        if kind == "end":
-            running -= 1
-        elif kind == "start":
-            if progress is not None:
-                say(ProgressEvent(f"job {job.index}: {words_of[job.index]}", "job", lane=lane_of[job.index],
-                                  text=words_of[job.index], rows=left_of[job.index]))
-        elif kind == "row":
-            host, host_id, slot = by_job[job.index]
-            try:
-                point = Point.from_sweep_row(
-                    _stable(payload["row"]), settings=settings_of[job.index], host_id=host_id, slot=slot.name,
-                    placement=slot.placement, verified_cpus=payload["verified_cpus"],
-                    verified_mems=payload["verified_mems"], noise=payload["noise"], simulated=host.simulated)
-            except StoreError as exc:  # a backend printed a row we cannot store
-                problems[job.index] = f"bad row: {exc}"
-                continue
-            if store.add_point(run_id, point):
-                stored += 1
-                done.setdefault(key_of[job.index], set()).add((point.rep, point.n_kv))
-                if progress is not None:  # no formatting when nobody listens (ingest at scale)
-                    stats = row_stats(point.speed_pp, point.speed_tg, point.noise, point.n_kv, point.rep)
-                    say(ProgressEvent(f"[{stored}/{expected}] {words_of[job.index]} job {job.index} {stats}", "row",
-                                      lane=lane_of[job.index], text=f"{words_of[job.index]} job {job.index}",
-                                      stats=stats, done=stored, total=expected))
-        else:  # retry | failed | lost: keep the reason for the note
-            problems[job.index] = f"{kind}: {payload}"
-            say(ProgressEvent(f"job {job.index} on {lane_of[job.index]}: {kind}: {payload}", "problem"))
-    for t in threads:
-        t.join()
-
-    missing, n_missing = _missing(todo, done, key_of, problems)
+    stored = dispatch(executor, store, run_id, states, say, max_attempts)
+    missing, n_missing = _missing(states)
     if not missing:
         status, note = "ok", None
     else:
@@ -244,61 +112,146 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
     return RunResult(run_id, status, stored, expected, tuple(missing), note)
 
 
-def _host_names(hosts: list[HostInfo]) -> list[str]:
-    """Profile names (hostnames when detected); repeated ones (simulated nodes) get their node key."""
-    count: dict[str, int] = {}
-    for h in hosts:
-        count[h.profile.name] = count.get(h.profile.name, 0) + 1
-    return [h.profile.name if count[h.profile.name] == 1 else f"{h.profile.name}@{h.key[:8]}" for h in hosts]
+def record_run(store: Store, spec: SweepSpec, plan: Plan, run_id: int | None) -> tuple[int, dict[str, int]]:
+    """Hosts and the run in the store (a resumed run is marked running again)."""
+    host_ids = {}
+    for sp in plan.slots:
+        if sp.host.key not in host_ids:
+            # Identical machines share a profile fingerprint; the store row is per machine.
+            host_ids[sp.host.key] = store.upsert_host(
+                fingerprint=f"{sp.host.profile.fingerprint}:{sp.host_name}", profile=sp.host.profile.to_json(),
+                name=sp.host_name, simulated=sp.host.simulated)
+    if run_id is None:
+        run_id = store.create_run(
+            settings={"models": [m.name for m in plan.models], "placement": spec.placement.policy,
+                      "builds": [b.name for b in spec.builds], "repetitions": spec.repetitions,
+                      "jobs": len(plan.jobs), "spec_dir": spec.base},
+            spec=spec.source, label=spec.label, version=package_version(), git_commit=git_commit())
+    else:
+        store.set_run_status(run_id, "running")
+    return run_id, host_ids
 
 
-def _ensure_models(models) -> None:
+def pending(store: Store, run_id: int, plan: Plan, host_ids: dict[str, int]) -> list[_JobState]:
+    """Every job with points not yet stored (resume skips the rest), keyed as the store keys them."""
+    done = store.done_keys(run_id)
+    out = []
+    for sp in plan.slots:
+        host_id = host_ids[sp.host.key]
+        for job in sp.jobs:
+            settings = job.point_settings()
+            skey = settings_key_for(settings)
+            pp, tg = job.settings["ub"], job.settings["tg"]
+            keys = {e: point_key(host_id, sp.slot.name, job.build.name, skey, e[0], e[1], pp, tg)
+                    for e in job.expected()}
+            left = {e for e, k in keys.items() if k not in done}
+            if left:
+                out.append(_JobState(job, sp, host_id, settings, keys, left))
+    return out
+
+
+def dispatch(executor: Executor, store: Store, run_id: int, states: list[_JobState],
+             say: Callable[[str], None], max_attempts: int) -> int:
+    """Run every pending job, one thread per slot; store each row as it arrives."""
+    by_slot: dict[tuple[str, str], list[_JobState]] = {}
+    for st in states:
+        by_slot.setdefault((st.sp.host.key, st.sp.slot.name), []).append(st)
+    events: queue.Queue = queue.Queue()
+    threads = [threading.Thread(target=_slot_loop, args=(executor, sts[0].sp, [s.job for s in sts], events,
+                                                         max_attempts), daemon=True)
+               for sts in by_slot.values()]
+    for t in threads:
+        t.start()
+    by_index = {st.job.index: st for st in states}
+    vary = varying_keys([st.settings for st in states])
+    words = {st.job.index: f"{_lane(st)} {st.job.build.name} {settings_in_words(st.settings, vary)}" for st in states}
+    build_ids: dict[str, int] = {}
+    expected = sum(len(st.left) for st in states)
+    stored, running = 0, len(threads)
+    while running:
+        kind, job, payload = events.get()
+        if kind == "end":
+            running -= 1
+            continue
+        st = by_index[job.index]
+        if kind == "start":  # a job (or its retry) begins on its slot
+            say(ProgressEvent(f"job {job.index}: {words[job.index]}", "job", lane=_lane(st), text=words[job.index],
+                              rows=len(st.left)))
+            continue
+        if kind != "row":  # retry | failed | lost: keep the reason for the note
+            st.problem = f"{kind}: {payload}"
+            say(ProgressEvent(f"job {job.index} on {_lane(st)}: {kind}: {payload}", "problem"))
+            continue
+        try:
+            point = _point(store, st, payload, build_ids)
+        except StoreError as exc:  # a backend printed a row we cannot store
+            st.problem = f"bad row: {exc}"
+            continue
+        if store.add_point(run_id, point):
+            stored += 1
+            st.left.discard((point.rep, point.n_kv))
+            stats = row_stats(point.speed_pp, point.speed_tg, point.noise, point.n_kv, point.rep)
+            say(ProgressEvent(f"[{stored}/{expected}] {words[job.index]} job {job.index} {stats}", "row",
+                              lane=_lane(st), text=f"{words[job.index]} job {job.index}", stats=stats,
+                              done=stored, total=expected))
+    for t in threads:
+        t.join()
+    return stored
+
+
+def _lane(st: _JobState) -> str:
+    """A progress lane: one slot, whose jobs run one after another."""
+    return f"{st.sp.host_name}/{st.sp.slot.name}"
+
+
+def _point(store: Store, st: _JobState, payload: dict, build_ids: dict[str, int]) -> Point:
+    ident = canonical_json(payload["build_identity"])
+    if ident not in build_ids:
+        build_ids[ident] = store.upsert_build(name=st.job.build.name, kind=st.job.build.kind,
+                                              identity=payload["build_identity"])
+    row = dict(payload["row"])
+    row["rep"] = st.job.rep  # one process per repetition: the engine counts from 0
+    return Point.from_sweep_row(
+        row, settings=st.settings, host_id=st.host_id, slot=st.sp.slot.name, placement=st.sp.slot.placement,
+        verified_cpus=payload["verified_cpus"], verified_mems=payload["verified_mems"], noise=payload["noise"],
+        simulated=st.sp.host.simulated, build=st.job.build.name, build_id=build_ids[ident])
+
+
+def ensure_models(plan: Plan) -> None:
     """Generate synthetic models here once, before the run exists (workers elsewhere do their own)."""
     from orchestrator.worker import ensure_model
 
-    for path, _name, shape, seed in models:
+    for m in plan.models:
         try:
-            ensure_model(path, shape, seed)
+            ensure_model(m.path, m.shape, m.seed)
         except JobFailed as exc:
-            raise SpecError(f"model shape {shape!r}: {exc}") from None
+            raise SpecError(f"model shape {m.shape!r}: {exc}") from None
 
 
-def _missing(todo, done: dict, key_of: dict, problems: dict) -> tuple[list[str], int]:
+def _missing(states: list[_JobState]) -> tuple[list[str], int]:
     """One line per job with points still missing, and how many points that is."""
     lines, total = [], 0
-    for host, _host_id, slot, jobs in todo:
-        for j in jobs:
-            left = sorted(set(j.expected()) - done.get(key_of[j.index], set()))
-            if left:
-                total += len(left)
-                kvs = sorted({kv for _, kv in left})
-                lines.append(f"{host.profile.name}/{slot.name} job {j.index} ({_describe(j)}): {len(left)} "
-                             f"point(s), n_kv {kvs[0]}..{kvs[-1]} [{problems.get(j.index, 'unknown')}]")
+    for st in states:
+        if st.left:
+            total += len(st.left)
+            kvs = sorted({kv for _, kv in st.left})
+            lines.append(f"{st.sp.host_name}/{st.sp.slot.name} job {st.job.index} ({st.job.build.name} "
+                         f"{st.job.model_name} {describe_job(st.job)} rep {st.job.rep}): {len(st.left)} point(s), "
+                         f"n_kv {kvs[0]}..{kvs[-1]} [{st.problem or 'unknown'}]")
     return lines, total
 
 
-# Row keys that are neither Point fields nor settings: measurements the Point cannot hold.
-# Left in, they would become settings and give every row its own settings_key (breaking
-# resume's identity). The scratch high-water mark is the running max of repack_scratch_mib.
-_ROW_MEASUREMENTS = ("repack_scratch_hwm_mib",)
+def describe_job(job: Job) -> str:
+    from engine.options import describe
+    return describe(job.point_settings(), ("c", "ub", "threads", "threads_batch", "type_k", "flash_attn",
+                                            "k_repack", "mla", "fmoe"))
 
 
-def _stable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in _ROW_MEASUREMENTS}
-
-
-def _describe(job: Job) -> str:
-    s = job.settings
-    return (f"{job.model_name} c={s.n_ctx} ub={s.ubatch} t={job.threads} tb={job.threads_batch} "
-            f"ctk={s.type_k} fa={int(s.flash_attn)} k_repack={s.k_repack}")
-
-
-def _slot_loop(executor: Executor, host: HostInfo, slot_cfg: SlotConfig, jobs: list[Job],
-               events: queue.Queue, max_attempts: int) -> None:
+def _slot_loop(executor: Executor, sp: SlotPlan, jobs: list[Job], events: queue.Queue, max_attempts: int) -> None:
     """One thread per slot: its jobs in order; WorkerLost is retried, HostLost ends the slot."""
     slot = None
     try:
-        slot = executor.open_slot(host, slot_cfg)
+        slot = executor.open_slot(sp.host, sp.slot)
         for i, job in enumerate(jobs):
             for attempt in range(1, max_attempts + 1):
                 events.put(("start", job, attempt))
@@ -329,48 +282,3 @@ def _slot_loop(executor: Executor, host: HostInfo, slot_cfg: SlotConfig, jobs: l
             except Exception:  # noqa: BLE001 - the slot may be on a lost host
                 pass
         events.put(("end", None, None))
-
-
-# -- local executor (no Ray): this machine, children pinned directly ---------------
-class LocalExecutor:
-    """Runs every slot on this machine; what ``numasweep bench`` and the tests without Ray use."""
-
-    def __init__(self, root: str = "/") -> None:
-        self.root = root
-
-    def hosts(self) -> list[HostInfo]:
-        import os
-
-        from hostprofiles import detect
-
-        profile = detect(self.root)
-        return [HostInfo(key="local", profile=profile, labels={}, simulated=profile.simulated,
-                         real_cpus=tuple(sorted(os.sched_getaffinity(0))), real_nodes=_real_nodes())]
-
-    def open_slot(self, host: HostInfo, slot: SlotConfig):
-        from orchestrator.worker import SlotWorker
-
-        return _LocalSlot(SlotWorker(slot))
-
-    def close(self) -> None:
-        pass
-
-
-class _LocalSlot:
-    def __init__(self, worker) -> None:
-        self.worker = worker
-
-    def run(self, job: Job) -> Iterator[dict]:
-        return self.worker.run(job)
-
-    def close(self) -> None:
-        pass
-
-
-def _real_nodes(sysfs: str = "/sys/devices/system/node") -> tuple[int, ...]:
-    from hostprofiles.cpulist import parse_cpulist
-
-    try:
-        return parse_cpulist(Path(sysfs, "online").read_text()) or (0,)
-    except OSError:
-        return (0,)

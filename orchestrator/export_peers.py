@@ -103,7 +103,7 @@ LLAMA_BENCH_COLUMNS = (
     ("fused_moe", "INTEGER"), ("repack", "INTEGER"), ("test", "TEXT"),
 )
 # numasweep settings that have a llama-bench column (or are measurements / facts, not settings).
-_MAPPED = {"model", "model_type", "batch", "ubatch", "threads", "type_k", "type_v", "n_gpu_layers", "flash_attn",
+_MAPPED = {"model", "model_type", "b", "ub", "threads", "type_k", "type_v", "n_gpu_layers", "flash_attn",
            "mla", "amb", "fmoe", "rtr", "no_mmap", "use_mmap", "embeddings", "weight_bytes", "model_size",
            "model_n_params", "build_commit", "build_number", "cpu_mask", "backend", "cpu_strict", "poll",
            "split_mode", "no_kv_offload"}
@@ -185,7 +185,7 @@ def llama_bench_rows(points: list[dict], runs: dict[int, dict], hosts: dict[int,
             "model_filename": str(s.get("model") or ""),
             "model_type": model + (f" [{' '.join(extras)}]" if extras else ""),
             "model_size": _int(s.get("model_size")), "model_n_params": _int(s.get("model_n_params")),
-            "n_batch": _int(s.get("batch")), "n_ubatch": _int(s.get("ubatch"), ps[0]["pp"]),
+            "n_batch": _int(s.get("b")), "n_ubatch": _int(s.get("ub"), ps[0]["pp"]),
             "n_threads": _int(s.get("threads")),
             "cpu_mask": str(s["cpu_mask"]) if s.get("cpu_mask") else _mask(ps[0]["verified_cpus"]),
             "cpu_strict": _flag(s.get("cpu_strict")), "poll": _int(s.get("poll")),

@@ -1,15 +1,16 @@
 """Plain records shared by the coordinator, the workers and the Ray backend.
 
-A *slot* is one pinned placement on one host; a *job* is one engine invocation
-(one point of the settings matrix) on one slot, producing ``repetitions`` rows at
-every N_KV depth. The faults at the bottom are what executors raise so that the
+A *slot* is one pinned placement on one host; a *job* is one engine process (one
+build at one point of the settings matrix, one repetition) on one slot, producing
+one row at every timed N_KV depth. The faults at the bottom are what executors raise so that the
 coordinator can decide what to re-run without knowing about Ray.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from orchestrator.spec import BackendSpec, EngineSettings
+from orchestrator.builds import BuildSpec
+from orchestrator.spec import EngineSettings
 
 
 @dataclass(frozen=True)
@@ -25,32 +26,37 @@ class SlotConfig:
 
 @dataclass(frozen=True)
 class Job:
+    """One engine process: one build, one settings combination, one repetition, on one slot."""
     index: int                     # position in the run's plan (stable across resumes)
     host: str                      # executor's host key (Ray node id, "local")
     slot: str
     model: str                     # GGUF path (generated beforehand for synthetic shapes)
     model_name: str
-    settings: EngineSettings
-    threads: int                   # resolved: spec value or the slot's thread count
-    threads_batch: int
-    repetitions: int
-    seed: int
-    backend: BackendSpec
+    settings: EngineSettings       # resolved: threads/threads_batch/tg filled in for this slot
+    build: BuildSpec
+    rep: int = 0                   # the repetition this process measures
     model_shape: str | None = None  # synthetic model: the worker generates ``model`` if missing
     model_seed: int = 0
 
+    @property
+    def threads(self) -> int:
+        return self.settings["threads"]
+
+    @property
+    def threads_batch(self) -> int:
+        return self.settings["threads_batch"]
+
     def point_settings(self) -> dict:
-        """Settings stored with every point of this job (names as in orchestrator.point)."""
-        s = asdict(self.settings)
-        s.update(threads=self.threads, threads_batch=self.threads_batch, model=self.model_name,
-                 seed=self.seed, backend=self.backend.kind)
-        del s["tg"]  # a Point field of its own
+        """Settings stored with every point of this job: what the build applied (engine.options
+        names; None = the build's own, unknown), the model, and without tg (a Point field)."""
+        s = self.build.applied(self.settings.as_dict())
+        del s["tg"]
+        s["model"] = self.model_name
         return s
 
     def expected(self) -> list[tuple[int, int]]:
-        """(rep, n_kv) of every row this job measures: sweep-bench's n_kv grid x repetitions."""
-        s = self.settings
-        return [(rep, n_kv) for n_kv in range(0, s.n_ctx, s.ubatch) for rep in range(self.repetitions)]
+        """(rep, n_kv) of every row this job measures."""
+        return [(self.rep, n_kv) for n_kv in self.settings.n_kv_grid()]
 
 
 @dataclass(frozen=True)

@@ -13,31 +13,15 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from engine.options import BY_NAME, canonical_name
 from orchestrator.errors import StoreError
 
-# engine JSONL key -> settings name. The rest of a row's keys are measurements
-# (Point fields) or, when unknown, extra settings kept verbatim.
-SWEEP_ROW_SETTINGS = {
-    "n_kv_max": "n_ctx",
-    "n_batch": "batch",
-    "n_ubatch": "ubatch",
-    "flash_attn": "flash_attn",
-    "n_gpu_layers": "n_gpu_layers",
-    "n_threads": "threads",
-    "n_threads_batch": "threads_batch",
-    "k_repack": "k_repack",
-    "type_k": "type_k",
-    "type_v": "type_v",
-}
-# Settings names that are flags: ik prints 0/1, our engine true/false; one spelling
-# keeps settings_key identical for the same configuration.
 # Per-row measurements a Point doesn't store because they derive from its fields (the
 # repack scratch high-water mark is the running max of repack_scratch_mib); kept as
 # settings they would give every row its own settings_key and break resume's identity.
 DERIVED_ROW_KEYS = frozenset({"repack_scratch_hwm_mib"})
-
-BOOL_SETTINGS = ("flash_attn", "rtr", "fmoe", "no_mmap", "use_mmap", "no_kv_offload", "embeddings",
-                 "cpu_strict", "use_thp")
+# Flags outside the engine schema that importers meet: ik prints 0/1, others true/false.
+EXTRA_BOOL_SETTINGS = ("use_mmap", "no_kv_offload", "embeddings", "cpu_strict", "use_thp")
 
 
 # One encoder: json.dumps with non-default options builds a new encoder per call (ingest hot path).
@@ -57,11 +41,28 @@ def settings_key_of(settings_json: str) -> str:
 
 
 def normalize_settings(settings: dict) -> dict:
-    out = dict(settings)
-    for name in BOOL_SETTINGS:
-        if isinstance(out.get(name), int):  # bool is an int too
-            out[name] = bool(out[name])
+    """Settings under engine.options names: aliases (n_ctx, n_ubatch, fused_moe, ...) renamed,
+    flags as booleans, the schema's bookkeeping settings (nrep, sweep_stride) dropped. Two
+    spellings of one setting with different values are refused."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = canonical_name(key)
+        setting = BY_NAME.get(name)
+        if setting is not None and not setting.identity:
+            continue
+        if (setting is not None and setting.kind is bool or name in EXTRA_BOOL_SETTINGS) \
+                and isinstance(value, int):  # bool is an int too
+            value = bool(value)
+        if name in out and out[name] != value:
+            raise StoreError(f"settings give {name} twice with different values: {out[name]!r} and {value!r} "
+                             f"(as {key!r})")
+        out[name] = value
     return out
+
+
+def settings_key_for(settings: dict) -> str:
+    """The settings_key a Point with these settings gets (computed without building one)."""
+    return settings_key_of(canonical_json(normalize_settings(settings), "point field settings"))
 
 
 def _check_int(name: str, value: Any) -> None:
@@ -96,6 +97,9 @@ class Point:
     verified_mems: str | None = None
     noise: float | None = None  # fraction of slot CPU time used by other processes during the row
     simulated: bool = False
+    weight_bytes: int | None = None  # weight bytes one TG token reads (the engine reports it)
+    build: str | None = None     # the build that measured it (None: an import without builds)
+    build_id: int | None = None  # its identity in the store's builds table
     # Derived in __post_init__; not constructor arguments.
     settings_json: str = field(default="", init=False, repr=False, compare=False)
     settings_key: str = field(default="", init=False, repr=False, compare=False)
@@ -110,7 +114,11 @@ class Point:
             _check_float(name, getattr(self, name), optional=True)
         if self.host_id is not None and (isinstance(self.host_id, bool) or not isinstance(self.host_id, int)):
             raise StoreError(f"point field host_id must be an integer or None, got {self.host_id!r}")
-        for name in ("slot", "verified_cpus", "verified_mems"):
+        if self.weight_bytes is not None:
+            _check_int("weight_bytes", self.weight_bytes)
+        if self.build_id is not None and (isinstance(self.build_id, bool) or not isinstance(self.build_id, int)):
+            raise StoreError(f"point field build_id must be an integer or None, got {self.build_id!r}")
+        for name in ("slot", "verified_cpus", "verified_mems", "build"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise StoreError(f"point field {name} must be a string or None, got {value!r}")
@@ -130,34 +138,37 @@ class Point:
 
     def key(self) -> tuple:
         """Identity within a run: the tuples ``Store.done_keys`` returns."""
-        return point_key(self.host_id, self.slot, self.settings_key, self.rep, self.n_kv, self.pp, self.tg)
+        return point_key(self.host_id, self.slot, self.build, self.settings_key, self.rep, self.n_kv, self.pp,
+                         self.tg)
 
     @classmethod
     def from_sweep_row(cls, row: dict, **extra: Any) -> "Point":
         """Build from one engine / llama-sweep-bench JSONL row dict.
 
-        ``extra`` sets Point fields (host_id, slot, placement, rep, noise, ...);
-        ``extra["settings"]`` is merged over the settings read from the row.
+        ``extra`` sets Point fields (host_id, slot, placement, rep, noise, ...). With
+        ``extra["settings"]`` (what a job applied) those are exactly the point's settings: the
+        row's echo (the worker checked it against them) and any other key it prints are left
+        out, so a job's points share one settings key, known before it runs (resume).
         """
         if not isinstance(row, dict):
             raise StoreError(f"sweep row must be a JSON object, got {type(row).__name__}")
         names = _init_names(cls)
+        extra = dict(extra)
+        given = extra.pop("settings", None)
         kwargs: dict[str, Any] = {}
         settings: dict[str, Any] = {}
         for key, value in row.items():
             if key in DERIVED_ROW_KEYS:
                 continue
-            if key in SWEEP_ROW_SETTINGS:
-                settings[SWEEP_ROW_SETTINGS[key]] = value
-            elif key in names and key != "settings":
+            if key in names and key != "settings":
                 kwargs[key] = value
-            else:
+            elif given is None:
                 settings[key] = value
         missing = [k for k in ("n_kv", "pp", "tg", "t_pp", "speed_pp", "t_tg", "speed_tg") if k not in kwargs]
         if missing:
             raise StoreError(f"sweep row lacks key(s) {', '.join(missing)}")
-        extra = dict(extra)
-        settings.update(extra.pop("settings", None) or {})
+        if given is not None:
+            settings = given
         unknown = set(extra) - names
         if unknown:
             raise StoreError(f"unknown Point field(s): {', '.join(sorted(unknown))}")
@@ -170,7 +181,7 @@ class Point:
             "n_kv": self.n_kv, "pp": self.pp, "tg": self.tg, "t_pp": self.t_pp,
             "speed_pp": self.speed_pp, "t_tg": self.t_tg, "speed_tg": self.speed_tg,
             "rss_hwm_mib": self.rss_hwm_mib, "repack_scratch_mib": self.repack_scratch_mib,
-            "rep": self.rep,
+            "rep": self.rep, "weight_bytes": self.weight_bytes,
         }
 
 
@@ -184,6 +195,6 @@ def _init_names(cls: type) -> frozenset[str]:
     return _INIT_NAMES[cls]
 
 
-def point_key(host_id, slot, settings_key, rep, n_kv, pp, tg) -> tuple:
-    """The uniqueness key of a point inside one run (None host/slot compare equal)."""
-    return (host_id, slot, settings_key, rep, n_kv, pp, tg)
+def point_key(host_id, slot, build, settings_key, rep, n_kv, pp, tg) -> tuple:
+    """The uniqueness key of a point inside one run (None host/slot/build compare equal)."""
+    return (host_id, slot, build, settings_key, rep, n_kv, pp, tg)

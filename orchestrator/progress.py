@@ -15,9 +15,6 @@ from typing import TextIO
 
 from engine.progress import ProgressDisplay
 
-# Settings as a user types them on llama-sweep-bench's command line.
-SHORT_NAMES = {"threads": "t", "threads_batch": "tb", "type_k": "ctk", "type_v": "ctv", "flash_attn": "fa",
-               "ubatch": "ub", "n_ctx": "c", "batch": "b", "repetitions": "nrep"}
 # Always named for a job, varying or not: what a sweep-bench user reads first.
 ALWAYS_SHOWN = ("threads", "threads_batch", "type_k")
 
@@ -38,23 +35,13 @@ class ProgressEvent(str):
         return obj
 
 
-def _spell(value) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
-
 def settings_in_words(settings: dict, varying=()) -> str:
     """``t=88 tb=128 ctk=q8_0 k_repack=off``: the always-shown settings, then those that vary."""
+    from engine.options import describe
+
     keys = [k for k in ALWAYS_SHOWN if k in settings]
     keys += [k for k in varying if k in settings and k not in keys]
-    return " ".join(f"{SHORT_NAMES.get(k, k)}={_spell(settings[k])}" for k in keys)
-
-
-def build_name(job) -> str | None:
-    """The job's build (an A/B axis once builds exist), by name; None before."""
-    build = getattr(job, "build", None)
-    return getattr(build, "name", build) if build is not None else None
+    return describe(settings, keys)
 
 
 def varying_keys(settings_list: list[dict]) -> list[str]:

@@ -85,6 +85,13 @@ def connect(address: str | None) -> None:
     ray.init(address=address or "auto", logging_level=logging.WARNING)
 
 
+def job_client(address: str):
+    """A Ray Jobs client (``numasweep submit | status | logs``)."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
 def shutdown(local: LocalRay | None = None) -> None:
     ray.shutdown()
     if local is not None and local.temp_dir:

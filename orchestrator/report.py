@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from engine import sweep_table
 from orchestrator.errors import ReportError
-from orchestrator.report_data import PHASES, TEST_NAME, Series, Stat, build_series, compare, varying_settings, verdict
+from engine.options import canonical_name
+from orchestrator.report_data import (PHASES, TEST_NAME, Series, Stat, attrs, build_series, compare, pair_sides,
+                                      varying_settings, verdict)
 from orchestrator.report_plots import memory_plot, speed_plot
 from orchestrator.report_render import H, Img, P, Pre, Table, to_html, to_markdown
 from orchestrator.store import Store
@@ -80,6 +83,7 @@ def write_report(store: Store, run_ids=None, out_dir=None, baseline=None, compar
         blocks.append(P("All rows come from simulated hosts: their speeds are this machine's, not the profiled hosts'."))
     blocks += _plots(series, out)
     blocks += _ab_section(series, runs, baseline, compare)
+    blocks += _builds_section(series)
     blocks += _versus_sections(series, by)
     blocks += _bandwidth_section(series, runs, hosts)
     for rid in ids:
@@ -110,17 +114,26 @@ def _plots(series: list[Series], out: Path) -> list:
     return blocks
 
 
+def _selector_keys(selector) -> set[str]:
+    text = str(selector).strip()
+    if "=" not in text or text.isdigit():
+        return set()
+    return {canonical_name(part.split("=", 1)[0].strip()) for part in text.split(",") if "=" in part}
+
+
 def _select(selector, series: list[Series], runs: dict[int, dict]) -> list[Series]:
     text = str(selector).strip()
     if text.isdigit():
         chosen = [s for s in series if s.run_id == int(text)]
     elif "=" in text:
-        want = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
-        chosen = [s for s in series if all(_spelled(s.settings.get(k)) == v for k, v in want.items())]
+        want = {canonical_name(k.strip()): v.strip()
+                for k, v in (part.split("=", 1) for part in text.split(",") if "=" in part)}
+        chosen = [s for s in series if all(_spelled(attrs(s).get(k)) == v for k, v in want.items())]
     else:
         chosen = [s for s in series if s.run_label == text]
     if not chosen:
-        raise ReportError(f"selector {text!r} matches no series (use a run id, a run label, or setting=value[,...])")
+        raise ReportError(f"selector {text!r} matches no series (use a run id, a run label, build=NAME, "
+                          f"or setting=value[,...])")
     return chosen
 
 
@@ -152,29 +165,61 @@ def _ab_section(series, runs, baseline, compare_sel) -> list:
             return []
         baseline, compare_sel = auto
     a, b = _select(baseline, series, runs), _select(compare_sel, series, runs)
-    a_name, b_name = f"A ({baseline})", f"B ({compare_sel})"
-    blocks: list = [H(2, f"A/B: {compare_sel} vs {baseline}"),
-                    P(f"A = {', '.join(s.label for s in a)}; B = {', '.join(s.label for s in b)}. "
-                      f"Repetitions of every selected series are pooled per N_KV. Test: {TEST_NAME}.")]
-    if any(s.simulated for s in a) != any(s.simulated for s in b):
-        blocks.append(P("Warning: one side holds simulated-host rows and the other real rows."))
-    for phase in PHASES:
-        rows = compare([p for s in a for p in s.points], [p for s in b for p in s.points], phase)
-        blocks.append(P(verdict(rows, phase, "A", "B")))
-        if not rows:
-            continue
-        table_rows = []
-        for r in rows:
-            p = "n/a (1 sample)" if r.a.n < 2 or r.b.n < 2 else ("n/a" if r.p_value is None else f"{r.p_value:.3g}")
-            sig = "yes" if r.significant else "no" if r.p_value is not None else "—"
-            table_rows.append((str(r.n_kv), r.a.fmt(), str(r.a.n), r.b.fmt(), str(r.b.n), f"{r.ratio:.3f}",
-                               f"{(r.ratio - 1) * 100:+.1f}%", p, sig))
-        blocks.append(Table((f"N_KV ({phase.upper()})", f"{a_name} t/s", "n", f"{b_name} t/s", "n", "B/A",
-                             "Δ", "p", "significant"), tuple(table_rows)))
+    ignore = _selector_keys(baseline) | _selector_keys(compare_sel)
+    return [H(2, f"A/B: {compare_sel} vs {baseline}")] + _paired(a, b, ignore, f"A ({baseline})",
+                                                                  f"B ({compare_sel})")
+
+
+def _builds_section(series: list[Series]) -> list:
+    """Every pair of builds of a run, compared like with like (settings, host, slot)."""
+    blocks: list = []
+    for rid in sorted({s.run_id for s in series}):
+        members = [s for s in series if s.run_id == rid]
+        names = list(dict.fromkeys(s.build for s in members if s.build))
+        for i, base in enumerate(names):
+            for other in names[i + 1:]:
+                a = [s for s in members if s.build == base]
+                b = [s for s in members if s.build == other]
+                blocks.append(H(2, f"Builds (run {rid}): {other} vs {base}"))
+                blocks += _paired(a, b, {"build"}, f"A ({base})", f"B ({other})")
     return blocks
 
 
-def _versus_table(series: list[Series], groups: dict[str, list[Series]], phase: str, title: str) -> list:
+def _paired(a: list[Series], b: list[Series], ignore: set[str], a_name: str, b_name: str) -> list:
+    """The A/B tables: one comparison per combination both sides share (only true repetitions pool)."""
+    pairs, vary = pair_sides(a, b, ignore)
+    blocks: list = [P(f"A = {', '.join(s.label for s in a)}; B = {', '.join(s.label for s in b)}. "
+                      f"Test: {TEST_NAME}; interval: 95% for B/A (delta method on log means).")]
+    if not pairs:
+        raise ReportError(f"{a_name} and {b_name} share no combination of {', '.join(vary)}: compare like with "
+                          f"like (narrow the selectors, e.g. add {vary[0]}=...)" if vary else
+                          f"{a_name} and {b_name} share nothing to compare")
+    if vary:
+        blocks.append(P(f"Split by {', '.join(vary)} (they vary within a side): one comparison each."))
+    if any(s.simulated for s in a) != any(s.simulated for s in b):
+        blocks.append(P("Warning: one side holds simulated-host rows and the other real rows."))
+    for desc, ga, gb in pairs:
+        if desc:
+            blocks.append(H(3, desc))
+        for phase in PHASES:
+            rows = compare([p for s in ga for p in s.points], [p for s in gb for p in s.points], phase)
+            blocks.append(P(verdict(rows, phase, "A", "B")))
+            if not rows:
+                continue
+            table_rows = []
+            for r in rows:
+                p = "n/a (1 sample)" if r.a.n < 2 or r.b.n < 2 else ("n/a" if r.p_value is None else f"{r.p_value:.3g}")
+                sig = "yes" if r.significant else "no" if r.p_value is not None else "—"
+                ci = "—" if r.interval is None else f"{r.interval[0]:.3f}–{r.interval[1]:.3f}"
+                table_rows.append((str(r.n_kv), r.a.fmt(), str(r.a.n), r.b.fmt(), str(r.b.n), f"{r.ratio:.3f}",
+                                   ci, f"{(r.ratio - 1) * 100:+.1f}%", p, sig))
+            blocks.append(Table((f"N_KV ({phase.upper()})", f"{a_name} t/s", "n", f"{b_name} t/s", "n", "B/A",
+                                 "95% interval", "Δ", "p", "significant"), tuple(table_rows)))
+    return blocks
+
+
+def _versus_table(groups: dict[str, list[Series]], phase: str, title: str) -> list:
+    """One column per group; each cell the group's samples at that N_KV (true repetitions) and n."""
     stats: dict[str, dict[int, Stat]] = {}
     for name, members in groups.items():
         pooled: dict[int, list[float]] = defaultdict(list)
@@ -188,31 +233,44 @@ def _versus_table(series: list[Series], groups: dict[str, list[Series]], phase: 
     names = list(groups)
     rows = []
     for n in n_kvs:
-        cells = [stats[name][n].fmt() if n in stats[name] else "—" for name in names]
+        cells = [f"{stats[name][n].fmt()} (n={stats[name][n].n})" if n in stats[name] else "—" for name in names]
         rows.append((str(n), *cells))
-    return [H(3, f"{title}: S_{phase.upper()} t/s"), Table(("N_KV", *names), tuple(rows))]
+    return [H(4, f"{title}: S_{phase.upper()} t/s"), Table(("N_KV", *names), tuple(rows))]
+
+
+def _versus(series: list[Series], key: str, heading: str) -> list:
+    """``key``'s values side by side, once per combination of everything else that varies, so
+    that a cell never pools different configurations."""
+    def value(s):
+        v = attrs(s).get(key)
+        return "unknown" if v is None else _spelled(v)
+
+    keys = {k for s in series for k in attrs(s)} - {key, "model"}
+    others = sorted(k for k in keys if len({repr(attrs(s).get(k)) for s in series}) > 1)
+    parts: dict[tuple, list[Series]] = defaultdict(list)
+    for s in series:
+        parts[tuple(attrs(s).get(k) for k in others)].append(s)
+    blocks: list = []
+    for part_key, members in parts.items():
+        values = sorted({value(s) for s in members})
+        if len(values) < 2:
+            continue
+        groups = {f"{key}={v}": [s for s in members if value(s) == v] for v in values}
+        where = ", ".join(f"{k}={_spelled(x)}" for k, x in zip(others, part_key))
+        if where:
+            blocks.append(H(3, where))
+        for phase in PHASES:
+            blocks += _versus_table(groups, phase, key)
+    return [H(2, heading)] + blocks if blocks else []
 
 
 def _versus_sections(series: list[Series], by: str | None) -> list:
     blocks: list = []
-    if by in (None, "host"):
-        hosts = sorted({s.host or "unknown host" for s in series})
-        if len(hosts) > 1 or by == "host":
-            groups = {h: [s for s in series if (s.host or "unknown host") == h] for h in hosts}
-            blocks.append(H(2, "Host vs host"))
-            blocks.append(P("Pooled over all runs, slots and settings of each host: compare like with like."))
-            for phase in PHASES:
-                blocks += _versus_table(series, groups, phase, "Hosts")
+    if by in (None, "host") and (len({s.host for s in series}) > 1 or by == "host"):
+        blocks += _versus(series, "host", "Host vs host")
     if by in (None, "setting"):
         for key in [k for k in varying_settings(series) if k != "model"]:
-            values = sorted({_spelled(s.settings.get(key)) for s in series})
-            groups = {f"{key}={v}": [s for s in series if _spelled(s.settings.get(key)) == v] for v in values}
-            blocks.append(H(2, f"Setting vs setting: {key}"))
-            others = [k for k in varying_settings(series) if k not in (key, "model")]
-            if others:
-                blocks.append(P(f"Pooled over the other varying settings ({', '.join(others)})."))
-            for phase in PHASES:
-                blocks += _versus_table(series, groups, phase, key)
+            blocks += _versus(series, key, f"Setting vs setting: {key}")
     return blocks
 
 
@@ -236,7 +294,8 @@ def _host_bandwidth(host: dict | None, points: list[dict]) -> tuple[float, str] 
 def _bandwidth_section(series: list[Series], runs: dict[int, dict], hosts: dict[int, dict]) -> list:
     blocks: list = []
     for s in series:
-        wb = s.settings.get("weight_bytes") or runs[s.run_id]["settings"].get("weight_bytes")
+        wb = (next((p["weight_bytes"] for p in s.points if p.get("weight_bytes")), None)
+              or s.settings.get("weight_bytes") or runs[s.run_id]["settings"].get("weight_bytes"))
         if not wb or not s.phase_points("tg"):
             continue
         host_ids = {p["host_id"] for p in s.points if p["host_id"] is not None}
@@ -352,5 +411,5 @@ def _sweep_table(s: Series) -> list:
     noise = s.max_noise()
     if noise is not None and noise > NOISE_WARN:
         blocks.append(P(f"Noisy: other processes used up to {noise:.0%} of this slot's CPU time during some rows."))
-    blocks.append(Table(("PP", "TG", "N_KV", "T_PP s", "S_PP t/s", "T_TG s", "S_TG t/s"), tuple(rows)))
+    blocks.append(Table(sweep_table.COLUMNS, tuple(rows)))
     return blocks

@@ -49,6 +49,7 @@ class Series:
     slot: str | None
     settings: dict
     simulated: bool
+    build: str | None = None
     points: list[dict] = field(default_factory=list)
     label: str = ""
     # Aggregates are asked for by every section; computed once (points are complete by then).
@@ -98,12 +99,12 @@ def build_series(points: list[dict], runs: dict[int, dict]) -> list[Series]:
     for p in points:
         rid = p["run_id"]
         shape = tuple(p[ph] if len(sizes[rid][ph]) > 1 else None for ph in PHASES)
-        key = (rid, p["host_id"], p["slot"], p["settings_key"]) + shape
+        key = (rid, p["host_id"], p["slot"], p.get("build"), p["settings_key"]) + shape
         if key not in groups:
             run = runs[rid]
             groups[key] = Series(key=key, run_id=rid, run_label=run.get("label") or f"run {rid}",
                                  host=p.get("host_name") or p.get("host_fingerprint"), slot=p["slot"],
-                                 settings=p["settings"], simulated=bool(p["simulated"]))
+                                 settings=p["settings"], simulated=bool(p["simulated"]), build=p.get("build"))
         groups[key].points.append(p)
     series = list(groups.values())
     _label(series)
@@ -125,15 +126,18 @@ def _label(series: list[Series]) -> None:
     for rid, members in by_run.items():
         vary = [k for k in varying_settings(members) if k != "model"]
         multi_slot = len({m.slot for m in members}) > 1
+        multi_build = len({m.build for m in members}) > 1
         for s in members:
-            parts = [s.run_label] if multi_run or not vary else []
+            parts = [s.run_label] if multi_run or not (vary or multi_build) else []
+            if multi_build and s.build:
+                parts.append(s.build)
             if multi_host and s.host:
                 parts.append(str(s.host))
             if multi_slot and s.slot:
                 parts.append(str(s.slot))
             parts += [f"{k}={_spell(s.settings.get(k))}" for k in vary][:4]
-            if len(s.key) > 4:
-                parts += [f"{ph}{v}" for ph, v in zip(PHASES, s.key[4:]) if v is not None]
+            if len(s.key) > 5:
+                parts += [f"{ph}{v}" for ph, v in zip(PHASES, s.key[5:]) if v is not None]
             if s.simulated:
                 parts.append("(simulated)")
             s.label = " ".join(parts) or s.run_label
@@ -146,6 +150,8 @@ def _label(series: list[Series]) -> None:
 
 
 def _spell(value) -> str:
+    if value is None:
+        return "?"  # a setting the build was not told (unknown)
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -157,6 +163,7 @@ class Comparison:
     b: Stat
     ratio: float          # b.mean / a.mean
     p_value: float | None  # None: cannot test (a single sample, or no variance)
+    interval: tuple[float, float] | None = None  # 95% interval of the ratio (None: a single sample)
 
     @property
     def significant(self) -> bool:
@@ -174,6 +181,56 @@ def welch_p(a: Stat, b: Stat) -> float | None:
     return None if math.isnan(p) else p
 
 
+def ratio_interval(a: Stat, b: Stat, level: float = 0.95) -> tuple[float, float] | None:
+    """Interval of b.mean / a.mean: the delta method on the log ratio, Welch-Satterthwaite df."""
+    if a.n < 2 or b.n < 2 or a.mean <= 0 or b.mean <= 0:
+        return None
+    va, vb = (a.sd / a.mean) ** 2 / a.n, (b.sd / b.mean) ** 2 / b.n
+    se = math.sqrt(va + vb)
+    ratio = b.mean / a.mean
+    if se == 0:
+        return ratio, ratio
+    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    from scipy import stats
+
+    t = float(stats.t.ppf(0.5 + level / 2, df))
+    return ratio * math.exp(-t * se), ratio * math.exp(t * se)
+
+
+def attrs(s: Series) -> dict:
+    """What tells two series apart besides their samples: settings, host, slot, build, phase sizes."""
+    return {**s.settings, "host": s.host, "slot": s.slot, "build": s.build,
+            "pp": s.size("pp"), "tg": s.size("tg")}
+
+
+def pair_sides(a: list[Series], b: list[Series], ignore: set[str]) -> tuple[list[tuple[str, list, list]], list[str]]:
+    """Split an A/B into comparisons of like with like, so that only true repetitions pool.
+
+    Keys that vary within side A or within side B (apart from ``ignore``, the selector's own
+    keys) group each side; every A group is compared with each B group that has the same
+    values on those keys (a None, an unknown setting, matches any value). Returns
+    ``[(what the pair shares, a_group, b_group)]`` and the keys used."""
+    def varying(side):
+        keys = {k for s in side for k in attrs(s)}
+        return {k for k in keys if len({repr(attrs(s).get(k)) for s in side}) > 1}
+
+    vary = sorted((varying(a) | varying(b)) - set(ignore))
+
+    def groups(side):
+        out: dict[tuple, list] = {}
+        for s in side:
+            out.setdefault(tuple(attrs(s).get(k) for k in vary), []).append(s)
+        return out
+
+    pairs = []
+    for ka, ga in groups(a).items():
+        for kb, gb in groups(b).items():
+            if all(x == y or x is None or y is None for x, y in zip(ka, kb)):
+                desc = ", ".join(f"{k}={_spell(x if x is not None else y)}" for k, x, y in zip(vary, ka, kb))
+                pairs.append((desc, ga, gb))
+    return pairs, vary
+
+
 def compare(a_points: list[dict], b_points: list[dict], phase: str) -> list[Comparison]:
     """Per N_KV present on both sides: pooled samples of each side, ratio and Welch's p."""
     def pooled(points):
@@ -187,7 +244,8 @@ def compare(a_points: list[dict], b_points: list[dict], phase: str) -> list[Comp
     rows = []
     for n_kv in sorted(set(a) & set(b)):
         sa, sb = Stat.of(a[n_kv]), Stat.of(b[n_kv])
-        rows.append(Comparison(n_kv, sa, sb, sb.mean / sa.mean if sa.mean else math.inf, welch_p(sa, sb)))
+        rows.append(Comparison(n_kv, sa, sb, sb.mean / sa.mean if sa.mean else math.inf, welch_p(sa, sb),
+                               ratio_interval(sa, sb)))
     return rows
 
 

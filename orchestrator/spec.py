@@ -10,23 +10,31 @@ Imports neither ray nor numba: validation runs in milliseconds.
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.options import BY_NAME, SETTINGS, SPEC_KEYS, OptionError, check_combination, effective_tg
 from hostprofiles.cpulist import parse_cpulist
 from hostprofiles.errors import ProfileError
+from orchestrator.builds import FA_SYNTAXES, KINDS, BuildError, BuildSpec, check_fixed, check_template
 from orchestrator.errors import NumasweepError
 from orchestrator.placement import ALIASES, MEM_POLICIES
 from orchestrator.placement import POLICIES as PLACEMENT_POLICIES
 
-CACHE_TYPES = ("f32", "f16", "q8_0")
-K_REPACK = ("auto", "on", "off")
-SHAPES = ("micro", "tiny", "small")  # engine.synth.SHAPES (not imported: it pulls in numba)
 POLICIES = PLACEMENT_POLICIES + tuple(ALIASES)
-BACKENDS = ("builtin", "external", "replay")
 DEFAULT_STORE = "numasweep-results/numasweep.db"
+# The settings a run always decides (the model, the sweep grid, the slot's threads): every
+# build must take them. Others count as set only when the spec names them.
+PLANNED = ("c", "ub", "tg", "threads")
+
+
+def shapes() -> tuple[str, ...]:
+    """The engine's synthetic shapes (its registry, imported without numba)."""
+    from engine.synth import ALL_SHAPES
+    return tuple(ALL_SHAPES)
 
 
 class SpecError(NumasweepError):
@@ -47,17 +55,23 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """One point of the settings matrix: what one engine invocation measures."""
-    n_ctx: int
-    ubatch: int
-    tg: int
-    threads: int | None          # None: the slot's thread count
-    threads_batch: int | None    # None: same as threads
-    type_k: str
-    type_v: str
-    flash_attn: bool
-    k_repack: str
-    rtr: bool
+    """One point of the settings matrix: every engine.options setting by name (nrep aside: the
+    run's repetitions are processes). threads / threads_batch None = the slot's; tg resolved."""
+    values: tuple[tuple[str, Any], ...]
+
+    def __getitem__(self, name: str) -> Any:
+        return dict(self.values)[name]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+    def with_values(self, **changes: Any) -> "EngineSettings":
+        return EngineSettings(tuple((k, changes.get(k, v)) for k, v in self.values))
+
+    def n_kv_grid(self) -> list[int]:
+        """The N_KV of every timed row: sweep-bench's grid, every sweep_stride-th row."""
+        v = self.as_dict()
+        return list(range(0, v["c"], v["ub"]))[::v["sweep_stride"]]
 
 
 @dataclass(frozen=True)
@@ -80,22 +94,14 @@ class PlacementSpec:
 
 
 @dataclass(frozen=True)
-class BackendSpec:
-    kind: str = "builtin"
-    argv: tuple[str, ...] = ()   # external: argv template with {model} {threads} ... placeholders
-    replay: str | None = None    # replay: recorded rows (JSONL or sweep-bench table); None = synthetic
-    delay_s: float = 0.0         # replay: seconds per emitted row
-
-
-@dataclass(frozen=True)
 class SweepSpec:
     models: tuple[ModelSpec, ...]
     matrix: tuple[EngineSettings, ...]
+    builds: tuple[BuildSpec, ...] = (BuildSpec("builtin"),)
     repetitions: int = 1
-    seed: int = 0
+    explicit: frozenset[str] = frozenset()   # settings the spec names ([sweep] keys)
     hosts: HostSelector = field(default_factory=HostSelector)
     placement: PlacementSpec = field(default_factory=PlacementSpec)
-    backend: BackendSpec = field(default_factory=BackendSpec)
     store: str = DEFAULT_STORE
     label: str | None = None
     address: str | None = None   # Ray address; None = embedded local Ray
@@ -106,9 +112,13 @@ class SweepSpec:
     def from_toml(cls, path: str | Path) -> "SweepSpec":
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            raw = path.read_bytes()
         except OSError as exc:
             raise SpecError(f"{path}: cannot read spec: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise SpecError(f"{path}: not a TOML spec (not UTF-8 text)") from None
         except tomllib.TOMLDecodeError as exc:
             raise SpecError(f"{path}: not valid TOML: {exc}") from None
         try:
@@ -126,8 +136,8 @@ class SweepSpec:
 
 # -- parsing -----------------------------------------------------------------
 _TOP = ("label", "store", "model", "models", "sweep", "hosts", "placement", "backend", "ray")
-_SWEEP = ("c", "ub", "tg", "threads", "threads_batch", "type_k", "type_v", "flash_attn",
-          "k_repack", "rtr", "repetitions", "seed")
+_SWEEP = tuple(SPEC_KEYS)
+_BUILD_KEYS = ("name", "kind", "argv", "fixed", "fa_syntax", "replay", "delay_s")
 
 
 def _check_keys(table: Any, allowed: tuple[str, ...], where: str) -> dict:
@@ -148,7 +158,7 @@ def _tname(v: Any) -> str:
         type(v), type(v).__name__)
 
 
-def _scalar(value: Any, kind: type, key: str, choices: tuple | None = None, minimum: int | None = None):
+def _scalar(value: Any, kind: type, key: str, choices: tuple | None = None, minimum: float | None = None):
     # bool is an int subclass: never accept true where a number is meant.
     ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -157,6 +167,8 @@ def _scalar(value: Any, kind: type, key: str, choices: tuple | None = None, mini
         want = {int: "an integer", str: "a string", bool: "a boolean (true/false)", float: "a number"}[kind]
         extra = f" (allowed: {', '.join(map(str, choices))})" if choices else ""
         raise SpecError(f"{key} must be {want}{extra}, got {_tname(value)} {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise SpecError(f"{key} = {value!r} is not a finite number")
     if choices is not None and value not in choices:
         raise SpecError(f"{key} = {value!r} is not allowed (allowed: {', '.join(map(str, choices))})")
     if minimum is not None and value < minimum:
@@ -164,14 +176,49 @@ def _scalar(value: Any, kind: type, key: str, choices: tuple | None = None, mini
     return value
 
 
-def _values(table: dict, key: str, kind: type, default: Any, where: str, **kw) -> tuple:
-    """A setting that may be one value or a list of values (one matrix axis)."""
-    full = _join(where, key)
-    raw = table.get(key, default)
+def _setting_values(sweep: dict, key: str) -> tuple:
+    """A [sweep] setting: one value or (when the schema allows) a list of values (one matrix axis),
+    each checked by its engine.options setting."""
+    s = SPEC_KEYS[key]
+    full = f"sweep.{key}"
+    if key not in sweep:
+        return (None,) if s.name in ("threads", "threads_batch") else (s.default,)
+    raw = sweep[key]
+    if isinstance(raw, list):
+        if not s.sweepable:
+            raise SpecError(f"{full} must be one value, not a list")
+        if not raw:
+            raise SpecError(f"{full} is an empty list: give at least one value")
+        if len(set(map(repr, raw))) != len(raw):
+            raise SpecError(f"{full} lists a value twice: {raw!r}")
     items = raw if isinstance(raw, list) else [raw]
-    if not items:
-        raise SpecError(f"{full} is an empty list: give at least one value")
-    return tuple(v if v is None else _scalar(v, kind, full, **kw) for v in items)
+    out = []
+    for v in items:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise SpecError(f"{full} = {v!r} is not a finite number")
+        if s.kind is int and s.name in ("threads", "threads_batch") and v == 0:
+            raise SpecError(f"{full} = 0 is impossible: give a thread count >= 1 (leave it out for the slot's CPUs)")
+        try:
+            out.append(s.check(v))
+        except OptionError as exc:
+            raise SpecError(f"{full}: {exc.message}") from None
+    return tuple(out)
+
+
+def _matrix(sweep: dict) -> tuple[tuple[EngineSettings, ...], int]:
+    axes = {s.name: _setting_values(sweep, s.key) for s in SETTINGS if s.key and s.name != "nrep"}
+    reps = _setting_values(sweep, "repetitions")[0]
+    matrix = []
+    for combo in itertools.product(*axes.values()):
+        v = dict(zip(axes, combo))
+        try:
+            check_combination(v)
+        except OptionError as exc:
+            key = BY_NAME[exc.setting].key
+            raise SpecError(f"sweep.{key} = {v[exc.setting]!r}: {exc.message}") from None
+        v["tg"] = effective_tg(v["ub"], v["tg"])
+        matrix.append(EngineSettings(tuple(v.items())))
+    return tuple(matrix), reps
 
 
 def _parse(data: dict, base: Path) -> SweepSpec:
@@ -183,32 +230,8 @@ def _parse(data: dict, base: Path) -> SweepSpec:
     models = _models(data, base)
 
     sweep = _check_keys(data.get("sweep", {}), _SWEEP, "sweep")
-    w = "sweep"
-    axes = dict(
-        n_ctx=_values(sweep, "c", int, 1024, w, minimum=1),
-        ubatch=_values(sweep, "ub", int, 256, w, minimum=1),
-        tg=_values(sweep, "tg", int, None, w, minimum=1),
-        threads=_values(sweep, "threads", int, None, w, minimum=1),
-        threads_batch=_values(sweep, "threads_batch", int, None, w, minimum=1),
-        type_k=_values(sweep, "type_k", str, "f16", w, choices=CACHE_TYPES),
-        type_v=_values(sweep, "type_v", str, "f16", w, choices=CACHE_TYPES),
-        flash_attn=_values(sweep, "flash_attn", bool, True, w),
-        k_repack=_values(sweep, "k_repack", str, "auto", w, choices=K_REPACK),
-        rtr=_values(sweep, "rtr", bool, False, w),
-    )
-    matrix = []
-    for combo in itertools.product(*axes.values()):
-        s = dict(zip(axes, combo))
-        if s["ubatch"] > s["n_ctx"]:
-            raise SpecError(f"sweep.ub = {s['ubatch']} is impossible with sweep.c = {s['n_ctx']}: ub must be <= c")
-        if s["tg"] is None:
-            s["tg"] = max(1, s["ubatch"] // 4)  # llama-sweep-bench's default
-        if s["type_v"] != "f16" and s["type_v"] != "f32" and not s["flash_attn"]:
-            raise SpecError(f"sweep.type_v = {s['type_v']!r} needs sweep.flash_attn = true "
-                            "(allowed without flash attention: f16, f32)")
-        matrix.append(EngineSettings(**s))
-    reps = _scalar(sweep.get("repetitions", 1), int, "sweep.repetitions", minimum=1)
-    seed = _scalar(sweep.get("seed", 0), int, "sweep.seed", minimum=0)
+    matrix, reps = _matrix(sweep)
+    explicit = frozenset(SPEC_KEYS[k].name for k in sweep if k != "repetitions") | frozenset(PLANNED)
 
     hosts_t = _check_keys(data.get("hosts", {}), ("labels", "profiles"), "hosts")
     labels = _check_keys(hosts_t.get("labels", {}), tuple(hosts_t.get("labels", {})), "hosts.labels")
@@ -233,11 +256,11 @@ def _parse(data: dict, base: Path) -> SweepSpec:
         except ProfileError:
             raise SpecError(f"placement.cpus = {placement.cpus!r} is not a CPU list (like '0-3,8')") from None
 
-    backend = _backend(data.get("backend", {}), base)
+    builds = _builds(data.get("backend", {}), base, explicit)
     ray_t = _check_keys(data.get("ray", {}), ("address",), "ray")
     address = None if ray_t.get("address") is None else _scalar(ray_t["address"], str, "ray.address")
-    return SweepSpec(models=models, matrix=tuple(matrix), repetitions=reps, seed=seed, hosts=hosts,
-                     placement=placement, backend=backend, store=store, label=label, address=address,
+    return SweepSpec(models=models, matrix=matrix, builds=builds, repetitions=reps, explicit=explicit,
+                     hosts=hosts, placement=placement, store=store, label=label, address=address,
                      source=data, base=str(base))
 
 
@@ -260,42 +283,79 @@ def _models(data: dict, base: Path) -> tuple[ModelSpec, ...]:
         _check_keys(t, ("path", "shape", "seed"), w)
         if ("path" in t) == ("shape" in t):
             raise SpecError(f"{w} needs exactly one of 'path' (a GGUF file) or 'shape' "
-                            f"(allowed: {', '.join(SHAPES)})")
+                            f"(allowed: {', '.join(shapes())})")
         if "path" in t:
             p = Path(_scalar(t["path"], str, f"{w}.path")).expanduser()
             p = p if p.is_absolute() else base / p
             if not p.is_file():
-                raise SpecError(f"{w}.path = {str(p)!r}: no such file")
+                raise SpecError(f"{w}.path = {str(p)!r}: " + ("not a regular file" if p.exists() else "no such file"))
             out.append(ModelSpec(path=str(p)))
         else:
-            out.append(ModelSpec(shape=_scalar(t["shape"], str, f"{w}.shape", choices=SHAPES),
+            out.append(ModelSpec(shape=_scalar(t["shape"], str, f"{w}.shape", choices=shapes()),
                                  seed=_scalar(t.get("seed", 0), int, f"{w}.seed", minimum=0)))
     return tuple(out)
 
 
-def _backend(t: Any, base: Path) -> BackendSpec:
-    _check_keys(t, ("kind", "argv", "replay", "delay_s"), "backend")
-    kind = _scalar(t.get("kind", "builtin"), str, "backend.kind", choices=BACKENDS)
+def _builds(t: Any, base: Path, explicit: frozenset[str]) -> tuple[BuildSpec, ...]:
+    """[backend]: one build (named after its kind unless named), or [[backend.builds]]."""
+    _check_keys(t, _BUILD_KEYS + ("builds",), "backend")
+    if "builds" in t:
+        if set(t) - {"builds"}:
+            raise SpecError("backend: give either [[backend.builds]] or the single-build keys, not both")
+        tables = t["builds"]
+        if not isinstance(tables, list) or not tables:
+            raise SpecError("backend.builds must be a non-empty array of tables ([[backend.builds]])")
+        builds = tuple(_build(b, base, f"backend.builds[{i}]", named=True) for i, b in enumerate(tables))
+    else:
+        builds = (_build(t, base, "backend", named=False),)
+    names = [b.name for b in builds]
+    if len(set(names)) != len(names):
+        raise SpecError(f"backend.builds: build names must differ, got {names}")
+    for b in builds:
+        try:
+            b.check_honest(explicit)
+        except BuildError as exc:
+            raise SpecError(str(exc)) from None
+    return builds
+
+
+def _build(t: Any, base: Path, where: str, named: bool) -> BuildSpec:
+    _check_keys(t, _BUILD_KEYS, where)
+    kind = _scalar(t.get("kind", "builtin"), str, f"{where}.kind", choices=KINDS)
+    if named and "name" not in t:
+        raise SpecError(f"{where}.name is required (it names the build in the store and the report)")
+    name = _scalar(t.get("name", kind), str, f"{where}.name")
+    if not name or len(name) > 64 or any(ch in name for ch in ",=\n"):
+        raise SpecError(f"{where}.name = {name!r}: 1-64 characters, without ',', '=' or newlines")
     argv = t.get("argv", [])
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-        raise SpecError(f"backend.argv must be an array of strings, got {_tname(argv)}")
+        raise SpecError(f"{where}.argv must be an array of strings, got {_tname(argv)}")
     if (kind == "external") != bool(argv):
-        raise SpecError("backend.argv is required with backend.kind = 'external' and allowed only there")
+        raise SpecError(f"{where}.argv is required with kind = 'external' and allowed only there")
     if argv:
-        from orchestrator.backends.external import check_template
         try:
             check_template(argv)
         except ValueError as exc:
-            raise SpecError(f"backend.argv: {exc}") from None
+            raise SpecError(f"{where}.argv: {exc}") from None
+    fixed = t.get("fixed", {})
+    if fixed and kind != "external":
+        raise SpecError(f"{where}.fixed is allowed only with kind = 'external' (builtin applies every setting)")
+    _check_keys(fixed, tuple(BY_NAME), f"{where}.fixed")
+    try:
+        fixed_t = check_fixed(name, fixed)
+    except BuildError as exc:
+        raise SpecError(str(exc)) from None
+    fa_syntax = _scalar(t.get("fa_syntax", "value"), str, f"{where}.fa_syntax", choices=FA_SYNTAXES)
     replay = t.get("replay")
     if replay is not None:
         if kind != "replay":
-            raise SpecError("backend.replay is allowed only with backend.kind = 'replay'")
-        p = Path(_scalar(replay, str, "backend.replay")).expanduser()
+            raise SpecError(f"{where}.replay is allowed only with kind = 'replay'")
+        p = Path(_scalar(replay, str, f"{where}.replay")).expanduser()
         replay = str(p if p.is_absolute() else base / p)
         if not Path(replay).is_file():
-            raise SpecError(f"backend.replay = {replay!r}: no such file")
-    delay = _scalar(t.get("delay_s", 0.0), float, "backend.delay_s")
-    if delay < 0:
-        raise SpecError(f"backend.delay_s = {delay} is impossible: must be >= 0")
-    return BackendSpec(kind=kind, argv=tuple(argv), replay=replay, delay_s=delay)
+            raise SpecError(f"{where}.replay = {replay!r}: no such file")
+    delay = _scalar(t.get("delay_s", 0.0), float, f"{where}.delay_s", minimum=0.0)
+    if delay > 3600:
+        raise SpecError(f"{where}.delay_s = {delay} is too large: must be <= 3600 seconds")
+    return BuildSpec(name=name, kind=kind, argv=tuple(argv), fixed=fixed_t, fa_syntax=fa_syntax, replay=replay,
+                     delay_s=delay)

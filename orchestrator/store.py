@@ -20,8 +20,9 @@ from typing import Any, Iterable, Iterator
 
 from orchestrator.errors import StoreError
 from orchestrator.point import Point, canonical_json, point_key
+from orchestrator.store_migrations import MIGRATIONS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_STORE = Path("numasweep-results") / "numasweep.db"
 RUN_STATUSES = ("running", "ok", "partial", "failed")
 
@@ -51,6 +52,14 @@ CREATE TABLE hosts (
     simulated INTEGER NOT NULL DEFAULT 0,
     first_seen TEXT NOT NULL
 );
+CREATE TABLE builds (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,                -- as the spec names it (builtin, ik-main, ...)
+    kind TEXT NOT NULL,                -- builtin | external | replay
+    identity_json TEXT NOT NULL,       -- version + commit, or binary path/size/sha256/--version
+    identity_key TEXT NOT NULL UNIQUE, -- sha256 of name, kind and identity
+    first_seen TEXT NOT NULL
+);
 CREATE TABLE points (
     id INTEGER PRIMARY KEY,
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -73,20 +82,21 @@ CREATE TABLE points (
     verified_mems TEXT,
     noise REAL,
     simulated INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    weight_bytes INTEGER,              -- weight bytes one TG token reads (engine rows)
+    build TEXT,                        -- build name (NULL: an import without builds)
+    build_id INTEGER REFERENCES builds(id)
 );
--- NULL host/slot must collide like values do, hence the COALESCEs.
+-- NULL host/slot/build must collide like values do, hence the COALESCEs.
 CREATE UNIQUE INDEX points_identity ON points
-    (run_id, COALESCE(host_id, -1), COALESCE(slot, ''), settings_key, rep, n_kv, pp, tg);
+    (run_id, COALESCE(host_id, -1), COALESCE(slot, ''), COALESCE(build, ''), settings_key, rep, n_kv, pp, tg);
 """
-
-# Named migrations from version N to N+1 go here ({1: _v1_to_v2, ...}).
-_MIGRATIONS: dict[int, Any] = {}
 
 _POINT_COLUMNS = (
     "run_id", "host_id", "slot", "placement_json", "settings_json", "settings_key", "rep",
     "n_kv", "pp", "tg", "t_pp", "speed_pp", "t_tg", "speed_tg", "rss_hwm_mib",
-    "repack_scratch_mib", "verified_cpus", "verified_mems", "noise", "simulated", "created_at",
+    "repack_scratch_mib", "verified_cpus", "verified_mems", "noise", "simulated", "created_at", "weight_bytes", "build",
+    "build_id",
 )
 _INSERT_POINT = (
     f"INSERT OR IGNORE INTO points ({', '.join(_POINT_COLUMNS)}) "
@@ -151,8 +161,8 @@ class Store:
                 return
             row = self._conn.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else None
-            while version in _MIGRATIONS:
-                version = _MIGRATIONS[version](self._conn)
+            while version in MIGRATIONS:
+                version = MIGRATIONS[version](self._conn)
                 self._conn.execute("UPDATE schema_version SET version = ?", (version,))
             if version != SCHEMA_VERSION:
                 raise StoreError(
@@ -266,6 +276,30 @@ class Store:
             )
             return int(cur.lastrowid)
 
+    def upsert_build(self, *, name: str, kind: str, identity: dict) -> int:
+        """The build's id, inserting it on first sight (same name, kind and identity: one row)."""
+        identity_json = canonical_json(identity, "build identity")
+        key = hashlib.sha256(canonical_json([name, kind, identity_json]).encode()).hexdigest()[:32]
+        with self.transaction() as conn:
+            row = conn.execute("SELECT id FROM builds WHERE identity_key = ?", (key,)).fetchone()
+            if row:
+                return int(row[0])
+            cur = conn.execute(
+                "INSERT INTO builds (name, kind, identity_json, identity_key, first_seen) VALUES (?, ?, ?, ?, ?)",
+                (name, kind, identity_json, key, _now()))
+            return int(cur.lastrowid)
+
+    def builds(self) -> list[dict]:
+        with self._lock:
+            cur = self._conn.execute("SELECT id, name, kind, identity_json, first_seen FROM builds ORDER BY id")
+            names = [c[0] for c in cur.description]
+            out = []
+            for row in cur.fetchall():
+                d = dict(zip(names, row))
+                d["identity"] = json.loads(d.pop("identity_json"))
+                out.append(d)
+            return out
+
     def add_point(self, run_id: int, point: Point) -> bool:
         """Store one point in its own transaction; False if that point was already stored."""
         row = self._point_row(run_id, point, _now())
@@ -313,7 +347,7 @@ class Store:
             run_id, p.host_id, p.slot, p.placement_json,
             p.settings_json, p.settings_key, p.rep, p.n_kv, p.pp, p.tg, p.t_pp, p.speed_pp, p.t_tg,
             p.speed_tg, p.rss_hwm_mib, p.repack_scratch_mib, p.verified_cpus, p.verified_mems,
-            p.noise, int(p.simulated), now,
+            p.noise, int(p.simulated), now, p.weight_bytes, p.build, p.build_id,
         )
 
     def finish_run(self, run_id: int, status: str, note: str | None = None) -> None:
@@ -376,14 +410,16 @@ class Store:
     def points(self, run_id: int | None = None) -> list[dict]:
         """Points as dicts (settings/placement parsed), with run label and host name joined."""
         sql = (
-            "SELECT p.*, r.label AS label, h.name AS host_name, h.fingerprint AS host_fingerprint"
+            "SELECT p.*, r.label AS label, h.name AS host_name, h.fingerprint AS host_fingerprint,"
+            " b.identity_json AS build_identity_json"
             " FROM points p JOIN runs r ON r.id = p.run_id LEFT JOIN hosts h ON h.id = p.host_id"
+            " LEFT JOIN builds b ON b.id = p.build_id"
         )
         args: tuple = ()
         if run_id is not None:
             sql += " WHERE p.run_id = ?"
             args = (run_id,)
-        sql += " ORDER BY p.run_id, p.host_id, p.slot, p.settings_key, p.n_kv, p.pp, p.tg, p.rep"
+        sql += " ORDER BY p.run_id, p.host_id, p.slot, p.build, p.settings_key, p.n_kv, p.pp, p.tg, p.rep"
         with self._lock:
             cur = self._conn.execute(sql, args)
             names = [c[0] for c in cur.description]
@@ -392,6 +428,7 @@ class Store:
                 d = dict(zip(names, row))
                 d["settings"] = json.loads(d.pop("settings_json"))
                 d["placement"] = _loads(d.pop("placement_json"))
+                d["build_identity"] = _loads(d.pop("build_identity_json"))
                 d["simulated"] = bool(d["simulated"])
                 out.append(d)
             return out
@@ -400,7 +437,7 @@ class Store:
         """Keys (``Point.key()``) of the points already stored for a run: skip these on resume."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT host_id, slot, settings_key, rep, n_kv, pp, tg FROM points WHERE run_id = ?", (run_id,)
+                "SELECT host_id, slot, build, settings_key, rep, n_kv, pp, tg FROM points WHERE run_id = ?", (run_id,)
             ).fetchall()
         return {point_key(*r) for r in rows}
 

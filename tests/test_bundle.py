@@ -15,7 +15,7 @@ from orchestrator.importers.ingest import import_files
 from orchestrator.store import Point, Store
 
 ENV = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-POINT_KEYS_SKIPPED = ("id", "run_id", "host_id", "label")  # store-local numbering (label compared on the run)
+POINT_KEYS_SKIPPED = ("id", "run_id", "host_id", "build_id", "label")  # store-local numbering (label compared on the run)
 
 
 def _source_store(path, tmp_path) -> int:

@@ -24,7 +24,7 @@ def numasweep(*args, cwd, timeout=120):
 
 @pytest.mark.parametrize("text, needles", [
     ("[sweep]\nthreadz = 2\n", ["unknown key 'sweep.threadz'", "allowed:", "threads_batch"]),
-    ("[sweep]\nub = 'big'\n", ["sweep.ub must be an integer", "'big'"]),
+    ("[sweep]\nub = 'big'\n", ["sweep.ub: must be an integer", "'big'"]),
     ("[sweep]\nk_repack = 'sometimes'\n", ["sweep.k_repack", "allowed: auto, on, off"]),
     ("[sweep]\nthreads = 4096\n[backend]\nkind = 'replay'\n", ["sweep.threads = 4096 is impossible", "allowed: 1.."]),
 ])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from orchestrator.spec import SHAPES
+from orchestrator.spec import shapes
 from orchestrator.store import Store
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -16,9 +16,9 @@ ENV = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUST
 
 
 def test_spec_shapes_are_engine_shapes():
-    import engine
+    from engine.synth import ALL_SHAPES
 
-    assert set(SHAPES) <= set(engine.SHAPES)
+    assert set(shapes()) == set(ALL_SHAPES)
 
 
 def test_run_builtin_engine_on_local_ray(tmp_path):
@@ -49,7 +49,8 @@ k_repack = ["on", "off"]
     assert len({p["settings_key"] for p in pts}) == 2  # one identity per job, not per measured row
     assert {p["n_kv"] for p in pts} == {0, 256} and all(p["pp"] == 256 and p["tg"] == 8 for p in pts)
     assert all(p["speed_pp"] > 0 and p["speed_tg"] > 0 and p["rss_hwm_mib"] for p in pts)
-    assert all(p["settings"]["weight_bytes"] > 0 for p in pts)  # for the report's bandwidth table
+    assert all(p["weight_bytes"] > 0 for p in pts)  # for the report's bandwidth table
+    assert {p["build"] for p in pts} == {"builtin"} and all(p["build_identity"]["git_commit"] for p in pts)
     cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
     from hostprofiles.cpulist import format_cpulist, parse_cpulist
     assert {p["verified_cpus"] for p in pts} == {format_cpulist(parse_cpulist(cpus))}

@@ -51,7 +51,7 @@ def test_import_runs_export_report(tmp_path, capsys):
     out_csv = tmp_path / "all.csv"
     assert run_cli(["export", "--format", "csv", "--store", db, "-o", str(out_csv)]) == 0
     table = list(csv.DictReader(io.StringIO(out_csv.read_text())))
-    assert len(table) == 76 and json.loads(table[0]["settings"])["n_ctx"] == 32768
+    assert len(table) == 76 and json.loads(table[0]["settings"])["c"] == 32768
 
     assert run_cli(["export", "--format", "md", "--run", "2", "--store", db]) == 0
     md = capsys.readouterr().out

@@ -88,13 +88,16 @@ def test_unsupported_tensor_type(tmp_path, f32_model, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["-c", "100", "-ub", "32"], "-c: context 100 is not a positive multiple of -ub 32"),
+    (["-c", "100", "-ub", "32"], "-c: 100 is not a multiple of ub = 32"),
+    (["-c", "64", "-ub", "32", "-mla", "7"], "-mla: 7 is not allowed (allowed: 0, 1, 2, 3)"),
+    (["-c", "64", "-ub", "32", "-amb", "-1"], "-amb: -1 is impossible: must be >= 0"),
+    (["-c", "64", "-ub", "32", "-fa", "off", "-ctv", "q8_0"], "-ctv: 'q8_0' needs flash_attn on"),
     (["-c", "64", "-ub", "32", "-t", "999"], "-t: 999 threads requested"),
     (["-c", "64", "-ub", "32", "-tb", "999"], "-tb: 999 threads requested"),
-    (["-c", "64", "-ub", "32", "-ctk", "q4_9"], "-ctk: unknown cache type 'q4_9'"),
-    (["-c", "64", "-ub", "32", "-ctv", "bf8"], "-ctv: unknown cache type 'bf8'"),
+    (["-c", "64", "-ub", "32", "-ctk", "q4_9"], "-ctk: 'q4_9' is not allowed (allowed: f32, f16, q8_0)"),
+    (["-c", "64", "-ub", "32", "-ctv", "bf8"], "-ctv: 'bf8' is not allowed"),
     (["-c", "64", "-ub", "32", "--output-format", "xml"], "--output-format: unknown format 'xml'"),
-    (["-c", "64", "-ub", "16", "-n", "32"], "-n: 32 TG tokens exceed the ubatch 16"),
+    (["-c", "64", "-ub", "16", "-n", "32"], "-n: 32 TG tokens exceed ub = 16"),
 ])
 def test_bad_flags(micro_model, capsys, argv, needle):
     rc, err = _run(capsys, ["-m", str(micro_model)] + argv)

@@ -68,8 +68,27 @@ def test_cli_jsonl_rows_on_stdout_header_on_stderr(micro_model):
     rows = [json.loads(line) for line in p.stdout.strip().splitlines()]
     assert [(r["n_kv"], r["rep"]) for r in rows] == [(0, 0), (0, 1), (16, 0), (16, 1)]
     assert all(set(IK_KEYS + OUR_KEYS) <= set(r) for r in rows)
-    assert rows[0]["flash_attn"] == 0 and rows[0]["tg"] == 2
+    assert rows[0]["flash_attn"] is True and rows[0]["tg"] == 2  # flash attention on by default, like ik
     assert "main: n_kv_max = 32" in p.stderr
+    # the echo: every engine.options setting, as applied, under its schema name
+    from engine.options import SETTINGS
+    assert {s.name for s in SETTINGS} - {"tg"} <= set(rows[0])
+    assert (rows[0]["c"], rows[0]["ub"], rows[0]["seed"], rows[0]["nrep"], rows[0]["mla"]) == (32, 16, 7, 2, 0)
+
+
+def test_cli_c_equal_ub_gives_one_row_and_help_works(micro_model):
+    p = _cli(["-m", str(micro_model), "-c", "16", "-ub", "16", "--output-format", "jsonl"])
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(line)["n_kv"] for line in p.stdout.strip().splitlines()] == [0]
+    h = _cli(["--help"])
+    assert h.returncode == 0 and "--k-repack" in h.stdout and "K rows % 8 == 0" in h.stdout
+
+
+@pytest.mark.parametrize("flag", [["-ngl", "99"], ["-ot", "exps=CPU"], ["-nkvo"], ["--mmap", "0"]])
+def test_cli_unsupported_ik_flags_are_one_line(micro_model, flag):
+    p = _cli(["-m", str(micro_model), "-c", "16", "-ub", "16"] + flag)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert f"{flag[0]}: not supported by the numasweep engine" in p.stderr.strip().splitlines()[-1]
 
 
 def test_make_model_cli(tmp_path):

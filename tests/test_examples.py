@@ -33,7 +33,6 @@ def test_example_validates(path):
     assert spec.matrix
 
 
-@pytest.mark.xfail(strict=True, reason="needs run --dry-run (issue 12, the lead's)")
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_dry_run(path, tmp_path):
     res = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(path), "--dry-run"], cwd=tmp_path,

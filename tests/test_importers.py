@@ -28,7 +28,7 @@ def test_real_ik_sweep_bench_log():
     first, last = p.rows[0], p.rows[-1]
     assert (first["pp"], first["tg"], first["n_kv"], first["t_pp"], first["speed_pp"]) == (512, 128, 0, 4.785, 107.01)
     assert (last["n_kv"], last["speed_tg"]) == (32256, 4.38)
-    assert p.settings["threads"] == 88 and p.settings["threads_batch"] == 128 and p.settings["n_ctx"] == 32768
+    assert p.settings["threads"] == 88 and p.settings["threads_batch"] == 128 and p.settings["c"] == 32768
     assert p.settings["type_k"] == "q8_0" and p.settings["flash_attn"] is True and p.settings["mla"] == 3
     assert p.meta["model"]["arch"] == "deepseek2" and p.meta["model"]["name"] == "DeepSeek V3 0324"
     assert p.meta["model"]["n_ctx_train"] == 163840 and p.meta["model"]["ftype"].startswith("IQ3_K")

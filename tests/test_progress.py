@@ -103,7 +103,7 @@ def test_settings_in_words():
     b = dict(a, k_repack="on", flash_attn=False)
     vary = varying_keys([a, b])
     assert vary == ["flash_attn", "k_repack"]
-    assert settings_in_words(a, vary) == "t=88 tb=128 ctk=q8_0 fa=on k_repack=off"
+    assert settings_in_words(a, vary) == "t=88 tb=128 ctk=q8_0 fa=1 k_repack=off"  # engine.options.describe
 
 
 # -- bench: rows done / total, noise per row ------------------------------------------------

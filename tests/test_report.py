@@ -182,3 +182,29 @@ def test_html_renders_in_headless_chromium(chromium, store, tmp_path):
     broken.write_text('<!DOCTYPE html><html><head></head><body><img src="data:image/png;base64,AAAA"></body></html>')
     bad, _ = _probe(broken, tmp_path)
     assert bad["widths"] == [0] and bad["errors"]
+
+
+def test_ab_selector_over_several_configurations_is_split_not_pooled(store, tmp_path):
+    """`--baseline k_repack=off` over a run with t=1 and t=2: one comparison per thread count,
+    each pooling only true repetitions (n = reps), never t=1 and t=2 rows as one sample set."""
+    run = store.create_run(settings={}, label="t x repack")
+    for threads in (1, 2):
+        for k_repack in ("off", "on"):
+            for rep in range(2):
+                spp = 100.0 * threads * (1.1 if k_repack == "on" else 1.0) + rep
+                store.add_point(run, Point(n_kv=0, pp=512, tg=128, t_pp=512 / spp, speed_pp=spp, t_tg=1.0,
+                                           speed_tg=128.0, rep=rep, slot="node0",
+                                           settings={"k_repack": k_repack, "threads": threads}))
+    write_report(store, [run], tmp_path / "r", baseline="k_repack=off", compare="k_repack=on")
+    md = (tmp_path / "r" / "report.md").read_text()
+    ab = md.split("## A/B")[1].split("\n## ")[0]
+    assert "Split by threads" in ab and "### threads=1" in ab and "### threads=2" in ab
+    # each cell pools the 2 repetitions of one configuration: n = 2, sd of 0.7, not of 100
+    assert "| 0 | 100.50 ± 0.71 | 2 | 110.50 ± 0.71 | 2 | 1.100 |" in ab
+    assert "| 0 | 200.50 ± 0.71 | 2 | 220.50 ± 0.71 | 2 | 1.100 |" in ab
+    # selectors that share no combination are refused, naming the keys
+    other = store.create_run(settings={}, label="other")
+    store.add_point(other, Point(n_kv=0, pp=512, tg=128, t_pp=1, speed_pp=512, t_tg=1, speed_tg=128,
+                                 settings={"k_repack": "auto", "threads": 4}))
+    with pytest.raises(ReportError, match="share no combination of k_repack"):
+        write_report(store, [run, other], tmp_path / "r2", baseline="threads=1", compare=str(other))

@@ -35,7 +35,7 @@ def test_open_creates_parents_wal_and_version(store):
     assert store.path.exists()
     conn = sqlite3.connect(store.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 1
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 2
     conn.close()
 
 
@@ -115,11 +115,15 @@ def test_from_sweep_row_maps_engine_keys():
            "n_threads": 88, "n_threads_batch": 128, "pp": 512, "tg": 128, "n_kv": 1024, "t_pp": 5.579,
            "speed_pp": 91.78, "t_tg": 13.024, "speed_tg": 9.83, "rss_hwm_mib": 1000.0, "k_repack": "auto",
            "type_k": "q8_0", "type_v": "f16", "repack_scratch_mib": 3.0, "rep": 2}
-    p = Point.from_sweep_row(row, slot="node0", settings={"model": "tiny"})
+    p = Point.from_sweep_row(row, slot="node0")
     assert (p.n_kv, p.rep, p.slot, p.repack_scratch_mib) == (1024, 2, "node0", 3.0)
-    assert p.settings == {"n_ctx": 32768, "batch": 2048, "ubatch": 512, "flash_attn": True, "n_gpu_layers": -1,
+    # ik's JSONL keys take engine.options names
+    assert p.settings == {"c": 32768, "b": 2048, "ub": 512, "flash_attn": True, "n_gpu_layers": -1,
                           "threads": 88, "threads_batch": 128, "k_repack": "auto", "type_k": "q8_0",
-                          "type_v": "f16", "model": "tiny"}
+                          "type_v": "f16"}
+    # a job's applied settings are the point's settings, exactly: the row's echo is left out
+    job = Point.from_sweep_row(row, slot="node0", settings={"model": "tiny", "c": 32768, "type_v": None})
+    assert job.settings == {"model": "tiny", "c": 32768, "type_v": None}
     # flash_attn 1 (ik) and true (ours) are the same setting.
     assert Point.from_sweep_row({**row, "flash_attn": True}).settings_key == Point.from_sweep_row(row).settings_key
     with pytest.raises(StoreError, match="speed_tg"):
@@ -204,7 +208,7 @@ def test_two_writer_processes_share_one_store(tmp_path):
 def test_store_import_report_modules_load_neither_ray_nor_numba():
     code = ("import sys; import orchestrator.store, orchestrator.importers, orchestrator.importers.ingest, "
             "orchestrator.report, orchestrator.export, orchestrator.cli_store; "
-            "print(sorted(m for m in ('ray', 'numba', 'engine') if m in sys.modules))")
+            "print(sorted(m for m in ('ray', 'numba', 'engine.model', 'engine.quant') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from hostprofiles import load_profile
-from orchestrator.coordinator import LocalExecutor, plan_jobs, plan_slots, run_sweep
+from orchestrator.coordinator import run_sweep
 from orchestrator.jobs import HostInfo
+from orchestrator.local_backend import LocalExecutor
+from orchestrator.plan import ModelRef, plan_jobs, plan_slots
 from orchestrator.spec import SpecError, SweepSpec
 from orchestrator.store import Store
 
@@ -30,10 +32,10 @@ def test_simulated_snc3_slots_map_onto_real_cpus():
     assert all(s.cpus == (0, 1) and s.mem_nodes == (0,) and s.threads == 2 and s.simulated for s in slots)
     assert slots[1].placement["mem_nodes"] == [1] and slots[1].placement["real_mem_nodes"] == [0]
     # 43 threads fit a 43-core node; they are checked against the simulated host, not this VM.
-    jobs = plan_jobs(spec, sim_host("xeon-6980p-2s-snc3"), slots[0], [("/m.gguf", "m", None, 0)], 0)
+    jobs = plan_jobs(spec, sim_host("xeon-6980p-2s-snc3"), slots[0], [ModelRef("/m.gguf", "m")], 0)
     assert jobs[0].threads == 43 and jobs[0].point_settings()["threads"] == 43
     with pytest.raises(SpecError, match=r"sweep.threads = 43 is impossible on slot node2 .*\(allowed: 1\.\.42\)"):
-        plan_jobs(spec, sim_host("xeon-6980p-2s-snc3"), slots[2], [("/m.gguf", "m", None, 0)], 0)
+        plan_jobs(spec, sim_host("xeon-6980p-2s-snc3"), slots[2], [ModelRef("/m.gguf", "m")], 0)
 
 
 def test_external_backend_through_coordinator_and_resume_is_noop(tmp_path):
@@ -56,12 +58,12 @@ def test_external_backend_through_coordinator_and_resume_is_noop(tmp_path):
     assert lines[-1].startswith(f"run {res.run_id}: ok, 8 point(s)")
 
 
-def test_no_matching_host_is_a_spec_error(tmp_path):
+def test_no_matching_host_is_a_spec_error_and_the_store_is_never_created(tmp_path):
     spec = SweepSpec.from_dict({"store": str(tmp_path / "s.db"), "hosts": {"profiles": ["nowhere"]},
                                 "backend": {"kind": "replay"}})
-    with Store.open(spec.store) as store, pytest.raises(SpecError, match="no host matches"):
-        run_sweep(spec, LocalExecutor(), store)
-    assert os.path.exists(spec.store)
+    with pytest.raises(SpecError, match="no host matches"):
+        run_sweep(spec, LocalExecutor(), spec.store)
+    assert not os.path.exists(spec.store)
 
 
 class TwinExecutor(LocalExecutor):

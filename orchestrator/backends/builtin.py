@@ -3,20 +3,23 @@ from __future__ import annotations
 
 import sys
 
+from engine.options import SETTINGS
 from orchestrator.backends.jsonl import jsonl_rows
 from orchestrator.jobs import Job
 
 
 def engine_argv(job: Job) -> list[str]:
-    s = job.settings
-    argv = [sys.executable, "-m", "engine", "bench", "-m", job.model, "-c", str(s.n_ctx),
-            "-ub", str(s.ubatch), "-n", str(s.tg), "-t", str(job.threads), "-tb", str(job.threads_batch),
-            "-ctk", s.type_k, "-ctv", s.type_v, "--k-repack", s.k_repack,
-            "-nrep", str(job.repetitions), "--seed", str(job.seed), "--output-format", "jsonl"]
-    if s.flash_attn:
-        argv.append("-fa")
-    if s.rtr:
-        argv.append("-rtr")
+    """Every schema setting spelled out (nothing left to the engine's defaults), one repetition."""
+    values = {**job.settings.as_dict(), "nrep": 1}
+    argv = [sys.executable, "-m", "engine", "bench", "-m", job.model, "--output-format", "jsonl"]
+    for s in SETTINGS:
+        v = values[s.name]
+        if s.name == "flash_attn":
+            argv += [s.flag, "on" if v else "off"]
+        elif s.kind is bool:
+            argv += [s.flag] if v else []
+        else:
+            argv += [s.flag, str(v)]
     return argv
 
 

@@ -23,13 +23,10 @@ class ReplayBackend:
     merge_stderr = False
 
     def argv(self, job: Job) -> list[str]:
-        s = job.settings
-        argv = [sys.executable, "-m", "orchestrator.backends.replay", "-c", str(s.n_ctx), "-ub", str(s.ubatch),
-                "-n", str(s.tg), "-t", str(job.threads), "-tb", str(job.threads_batch), "-nrep",
-                str(job.repetitions), "-ctk", s.type_k, "-ctv", s.type_v, "--k-repack", s.k_repack,
-                "--delay", str(job.backend.delay_s)]
-        if job.backend.replay:
-            argv += ["--file", job.backend.replay]
+        argv = [sys.executable, "-m", "orchestrator.backends.replay", "--settings",
+                json.dumps(job.settings.as_dict()), "--delay", str(job.build.delay_s)]
+        if job.build.replay:
+            argv += ["--file", job.build.replay]
         return argv
 
     def row_parser(self):
@@ -42,37 +39,33 @@ def recorded(path: str) -> list[dict]:
     return list(parse_sweep_bench_text(Path(path).read_text(), name=path).rows)
 
 
-def rows(c: int, ub: int, tg: int, nrep: int, threads: int, threads_batch: int, type_k: str, type_v: str,
-         k_repack: str, source: list[dict] | None = None):
+def rows(settings: dict, source: list[dict] | None = None):
+    """One row per timed N_KV, echoing ``settings`` like the engine does."""
+    c, ub, tg = settings["c"], settings["ub"], settings["tg"]
     by_kv = {r["n_kv"]: r for r in source or ()}
-    for i, n_kv in enumerate(range(0, c, ub)):
-        for rep in range(nrep):
-            if source:
-                rec = by_kv.get(n_kv) or source[i % len(source)]
-                t_pp = rec["t_pp"] * ub / rec["pp"]
-                t_tg = rec["t_tg"] * tg / rec["tg"]
-            else:  # a plausible shape: both phases slow down with depth
-                t_pp = ub / 400.0 * (1 + n_kv / 4096)
-                t_tg = tg / 40.0 * (1 + n_kv / 16384)
-            yield {"n_kv_max": c, "n_batch": ub, "n_ubatch": ub, "flash_attn": True, "n_gpu_layers": 0,
-                   "n_threads": threads, "n_threads_batch": threads_batch, "pp": ub, "tg": tg, "n_kv": n_kv,
-                   "t_pp": round(t_pp, 6), "speed_pp": round(ub / t_pp, 3), "t_tg": round(t_tg, 6),
-                   "speed_tg": round(tg / t_tg, 3), "rss_hwm_mib": 64.0, "k_repack": k_repack,
-                   "type_k": type_k, "type_v": type_v, "repack_scratch_mib": 0.0, "rep": rep}
+    for i, n_kv in enumerate(range(0, c, ub)[::settings.get("sweep_stride", 1)]):
+        if source:
+            rec = by_kv.get(n_kv) or source[i % len(source)]
+            t_pp = rec["t_pp"] * ub / rec["pp"]
+            t_tg = rec["t_tg"] * tg / rec["tg"]
+        else:  # a plausible shape: both phases slow down with depth
+            t_pp = ub / 400.0 * (1 + n_kv / 4096)
+            t_tg = tg / 40.0 * (1 + n_kv / 16384)
+        yield {**settings, "n_gpu_layers": 0, "pp": ub, "tg": tg, "n_kv": n_kv,
+               "t_pp": round(t_pp, 6), "speed_pp": round(ub / t_pp, 3), "t_tg": round(t_tg, 6),
+               "speed_tg": round(tg / t_tg, 3), "rss_hwm_mib": 64.0, "repack_scratch_mib": 0.0, "rep": 0}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m orchestrator.backends.replay")
-    for flag, default in (("-c", 1024), ("-ub", 256), ("-n", 64), ("-t", 1), ("-tb", 1), ("-nrep", 1)):
-        p.add_argument(flag, type=int, default=default)
-    for flag, default in (("-ctk", "f16"), ("-ctv", "f16"), ("--k-repack", "auto")):
-        p.add_argument(flag, default=default)
+    p.add_argument("--settings", required=True, help="the job's settings (JSON, engine.options names)")
     p.add_argument("--delay", type=float, default=0.0, help="seconds before each row")
     p.add_argument("--file", default=None)
     a = p.parse_args(argv)
+    settings = json.loads(a.settings)
     source = recorded(a.file) if a.file else None
-    print(f"replay: c={a.c} ub={a.ub} tg={a.n} rows={len(range(0, a.c, a.ub)) * a.nrep}", file=sys.stderr)
-    for row in rows(a.c, a.ub, a.n, a.nrep, a.t, a.tb, a.ctk, a.ctv, a.k_repack, source):
+    print(f"replay: {settings}", file=sys.stderr)
+    for row in rows(settings, source):
         if a.delay:
             time.sleep(a.delay)
         print(json.dumps(row), flush=True)

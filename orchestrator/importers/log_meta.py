@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 import shlex
 
+from engine.options import SETTINGS
+
 # `llm_load_print_meta:` (ik, older mainline) and `print_info:` (newer mainline).
 _PRINT_META = re.compile(r"^(?:llm_load_print_meta|print_info):\s+(.+?)\s+=\s+(.*?)\s*$")
 _LOADER_KV = re.compile(r"^llama_model_loader: - kv\s+\d+:\s+(\S+)\s+\S+\s+=\s+(.*?)\s*$")
@@ -24,17 +26,14 @@ MODEL_KEYS = {
 }
 CONTEXT_KEYS = ("n_ctx", "n_batch", "n_ubatch", "flash_attn", "mla_attn", "attn_max_b", "fused_moe", "ser")
 
-# sweep-bench / llama-bench flags worth turning into settings; value-less flags map to True.
+# sweep-bench / llama-bench flags worth turning into settings (engine.options spells the
+# engine's); value-less flags map to True.
 FLAG_SETTINGS = {
-    "-m": "model", "--model": "model", "-c": "n_ctx", "--ctx-size": "n_ctx", "-ub": "ubatch",
-    "--ubatch-size": "ubatch", "-b": "batch", "--batch-size": "batch", "-t": "threads", "--threads": "threads",
-    "-tb": "threads_batch", "--threads-batch": "threads_batch", "-ctk": "type_k", "--cache-type-k": "type_k",
-    "-ctv": "type_v", "--cache-type-v": "type_v", "-mla": "mla", "--mla-use": "mla", "-amb": "amb",
-    "--attention-max-batch": "amb", "--numa": "numa", "-n": "tg", "-nrep": "nrep", "--k-repack": "k_repack",
-    "-ngl": "n_gpu_layers", "--n-gpu-layers": "n_gpu_layers", "-ser": "ser",
+    **{f: s.name for s in SETTINGS if s.kind is not bool for f in s.flags},
+    "-m": "model", "--model": "model", "--numa": "numa", "-ngl": "n_gpu_layers", "--n-gpu-layers": "n_gpu_layers",
+    "-ser": "ser",
 }
-BOOL_FLAGS = {"-fa": "flash_attn", "--flash-attn": "flash_attn", "-fmoe": "fmoe", "--fused-moe": "fmoe",
-              "-rtr": "rtr", "--run-time-repack": "rtr", "--no-mmap": "no_mmap"}
+BOOL_FLAGS = {f: s.name for s in SETTINGS if s.kind is bool for f in s.flags}
 
 
 def _number(text: str):

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 
+from engine import sweep_table
 from orchestrator.errors import ImportFormatError
 from orchestrator.importers import log_meta
 from orchestrator.importers.parsed import MEASUREMENT_KEYS, ParsedLog, assign_reps, common_settings
 
-TABLE_HEADER = re.compile(r"^\|\s*PP\s*\|\s*TG\s*\|\s*N_KV\s*\|\s*T_PP s\s*\|\s*S_PP t/s\s*\|\s*T_TG s\s*\|\s*S_TG t/s\s*\|")
+TABLE_HEADER = sweep_table.HEADER_RE
 _SEPARATOR = re.compile(r"^\|[\s\-:|]+\|\s*$")
 SWEEP_KEYS = ("pp", "tg", "n_kv", "t_pp", "speed_pp", "t_tg", "speed_tg")
 # `main:` line keys that describe the run; copied onto table rows (JSONL rows carry them).
@@ -87,10 +88,9 @@ def _json_row(line: str, name: str, lineno: int) -> dict:
 
 def _run_settings(cmd_settings: dict, rows: list[dict]) -> dict:
     """Run-level settings: what every row shares, with command-line facts filling the gaps."""
-    from orchestrator.point import SWEEP_ROW_SETTINGS, normalize_settings
+    from orchestrator.point import normalize_settings
 
-    shared = common_settings(rows, MEASUREMENT_KEYS)
-    settings = {SWEEP_ROW_SETTINGS.get(k, k): v for k, v in shared.items()}
-    for key, value in cmd_settings.items():
+    settings = normalize_settings(common_settings(rows, MEASUREMENT_KEYS))
+    for key, value in normalize_settings(cmd_settings).items():
         settings.setdefault(key, value)
-    return normalize_settings(settings)
+    return settings
