@@ -73,6 +73,7 @@ def bench_settings(args: argparse.Namespace) -> dict:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from engine import _numba
+    from engine.bench_watch import BenchWatch
     from engine.model import load_model, stderr_log
     from engine.sweep import TABLE_HEADER, TABLE_RULE, SweepConfig, format_jsonl, main_line, sweep
 
@@ -98,8 +99,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     info(main_line(model, cfg))
     if not jsonl:
         print("\n" + TABLE_HEADER + "\n" + TABLE_RULE, flush=True)
-    for row in sweep(model, cfg):
-        print(format_jsonl(model, cfg, row) if jsonl else row.table_line(), flush=True)
+    for row, noise in BenchWatch(cfg).rows(sweep(model, cfg)):  # progress + noise warnings on stderr
+        print(format_jsonl(model, cfg, row, noise) if jsonl else row.table_line(), flush=True)
     return 0
 
 

@@ -105,9 +105,10 @@ def effective_settings(model: Model, cfg: SweepConfig) -> dict:
             "threads_batch": model.n_threads_batch}
 
 
-def jsonl_record(model: Model, cfg: SweepConfig, row: SweepRow) -> dict:
+def jsonl_record(model: Model, cfg: SweepConfig, row: SweepRow, noise: float | None = None) -> dict:
     """ik's sweep-bench JSONL keys, then ours: the row's measurements and, under their schema
-    names, the effective settings (the orchestrator checks them against what it asked for)."""
+    names, the effective settings (the orchestrator checks them against what it asked for);
+    ``noise``: foreign CPU load during the row, when measured (bench)."""
     rec = {"n_kv_max": cfg.n_ctx, "n_batch": cfg.n_batch, "n_ubatch": cfg.n_ubatch,
            "flash_attn": int(model.options.flash_attn), "n_gpu_layers": -1, "n_threads": model.n_threads,
            "n_threads_batch": model.n_threads_batch}
@@ -116,6 +117,8 @@ def jsonl_record(model: Model, cfg: SweepConfig, row: SweepRow) -> dict:
     del echo["tg"]  # the row's own tg field
     rec.update(echo)
     rec["weight_bytes"] = model.weight_bytes_per_token
+    if noise is not None:
+        rec["noise"] = noise
     return rec
 
 
@@ -172,5 +175,5 @@ def sweep(model: Model, cfg: SweepConfig,
                            repack_scratch_hwm_mib=round(float(getattr(model, "repack_scratch_hwm_mib", 0.0)), 4))
 
 
-def format_jsonl(model: Model, cfg: SweepConfig, row: SweepRow) -> str:
-    return json.dumps(jsonl_record(model, cfg, row))
+def format_jsonl(model: Model, cfg: SweepConfig, row: SweepRow, noise: float | None = None) -> str:
+    return json.dumps(jsonl_record(model, cfg, row, noise))

@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "orchestrator.cli_host",
     "orchestrator.cli_run",
     "orchestrator.cli_store",
+    "orchestrator.cli_share",
 )
 
 

@@ -109,21 +109,23 @@ def check_replay_files(spec: SweepSpec) -> None:
 
 def _execute(args: argparse.Namespace, spec: SweepSpec, run_id: int | None) -> int:
     from orchestrator.coordinator import run_sweep
+    from orchestrator.progress import RunProgress
     from orchestrator.store import Store
 
     precheck(args, spec)
-    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    say = None if args.quiet else RunProgress()  # live on stderr; plain lines when not a terminal
     executor, stop = _executor(args, spec)
     try:
         result = run_sweep(spec, executor, spec.store, run_id=run_id, progress=say)
     finally:
+        if say is not None:
+            say.close()
         stop()
     with Store.open(spec.store) as store:
         points = store.points(result.run_id)
         print(render_tables(points))
-        if points and not args.no_report:
-            out = Path(spec.store).parent / "reports" / f"run-{result.run_id}"
-            print(f"report: {Path(write_report(store, [result.run_id], out)).resolve()}")
+        if points and not args.no_report:  # --out, else a new directory next to the store (never overwritten)
+            print(f"report: {Path(write_report(store, [result.run_id], args.out)).resolve()}")
     print(f"run {result.run_id}: {result.status} ({result.stored} of {result.expected} points stored in {spec.store})")
     return 0 if result.status == "ok" else 1
 
@@ -212,7 +214,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 # -- Ray Jobs ------------------------------------------------------------------
 def _client(address: str):
-    from orchestrator import ray_backend
+    from orchestrator import ray_backend  # importing it also quiets Ray's auth reminder for the job client
 
     try:
         return ray_backend.job_client(address)
@@ -272,7 +274,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--no-ray", action="store_true", help="run the slots as local pinned processes, no Ray")
         p.add_argument("--dashboard", action="store_true", help="embedded Ray: also start its dashboard (127.0.0.1)")
         p.add_argument("--no-report", action="store_true", help="do not write the HTML/Markdown report")
-        p.add_argument("-q", "--quiet", action="store_true", help="no live progress lines")
+        p.add_argument("--out", metavar="DIR", default=None,
+                       help="report directory (default: a new one next to the store, <store>-reports/run-N)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no live progress on stderr")
 
     p = sub.add_parser("run", help="run a sweep spec (default: the embedded main job) on Ray")
     p.add_argument("spec", nargs="?", help="sweep spec TOML (see examples/); none = the default main job")

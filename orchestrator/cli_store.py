@@ -7,6 +7,8 @@ from pathlib import Path
 
 from orchestrator.store import DEFAULT_STORE, Store
 
+PEER_FORMATS = ("sweep-bench-md", "llama-bench-sqlite")
+
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=str(DEFAULT_STORE), metavar="PATH",
@@ -24,10 +26,12 @@ def register(sub) -> None:
     _store_arg(p)
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("export", help="print stored points as csv, jsonl or md")
-    p.add_argument("--format", choices=("csv", "jsonl", "md"), default="csv")
+    p = sub.add_parser("export", help="stored points as csv, jsonl, md, or files ik's / llama.cpp's scripts read")
+    p.add_argument("--format", choices=("csv", "jsonl", "md", *PEER_FORMATS), default="csv",
+                   help="sweep-bench-md: one ik sweep-bench table per series into DIR (sweep-bench-plot.py); "
+                        "llama-bench-sqlite: llama-bench's SQLite table in FILE (compare-llama-bench.py)")
     p.add_argument("--run", type=int, metavar="ID", help="only this run")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("-o", "--output", metavar="FILE|DIR", help="write here instead of stdout")
     _store_arg(p)
     p.set_defaults(func=cmd_export)
 
@@ -36,7 +40,8 @@ def register(sub) -> None:
     p.add_argument("--baseline", metavar="SEL", help="A: run id, run label, or setting=value[,...]")
     p.add_argument("--compare", metavar="SEL", help="B: same forms as --baseline")
     p.add_argument("--by", choices=("host", "setting"), help="only this kind of side-by-side table")
-    p.add_argument("-o", "--output-dir", default="numasweep-report", metavar="DIR")
+    p.add_argument("-o", "--out", "--output-dir", dest="output_dir", default=None, metavar="DIR",
+                   help="report directory (default: a new one next to the store, <store>-reports/run-N)")
     _store_arg(p)
     p.set_defaults(func=cmd_report)
 
@@ -60,12 +65,34 @@ def cmd_import(args) -> int:
 def cmd_export(args) -> int:
     from orchestrator.export import export_text
 
+    if args.format in PEER_FORMATS:
+        return _export_peer(args)
     with Store.open(args.store, create=False) as store:
         text = export_text(store, args.format, args.run)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _export_peer(args) -> int:
+    from orchestrator.errors import StoreError
+    from orchestrator.export_peers import write_llama_bench_sqlite, write_sweep_bench_md
+
+    if not args.output:
+        what = "DIR" if args.format == "sweep-bench-md" else "FILE"
+        raise StoreError(f"--format {args.format} writes files: give -o {what}")
+    with Store.open(args.store, create=False) as store:
+        if args.format == "sweep-bench-md":
+            files, notes = write_sweep_bench_md(store, args.output, args.run)
+            for note in notes:
+                print(f"numasweep export: {note}", file=sys.stderr)
+            print(f"wrote {len(files)} sweep-bench table(s) into {args.output}: "
+                  + " ".join(f.name for f in files))
+        else:
+            n = write_llama_bench_sqlite(store, args.output, args.run)
+            print(f"wrote {n} llama-bench test row(s) to {args.output} (tables llama_bench and test)")
     return 0
 
 

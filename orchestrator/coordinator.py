@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+from engine.progress import row_stats
 from orchestrator.builds import package_version, git_commit
 from orchestrator.errors import NumasweepError, StoreError
 from orchestrator.jobs import HostInfo, HostLost, Job, JobFailed, SlotConfig, WorkerLost
 from orchestrator.plan import Plan, SlotPlan, build_plan
 from orchestrator.point import Point, canonical_json, point_key, settings_key_for
+from orchestrator.progress import ProgressEvent, settings_in_words, varying_keys
 from orchestrator.spec import SpecError, SweepSpec
 from orchestrator.store import Store
 
@@ -89,7 +91,13 @@ def _run(spec: SweepSpec, plan: Plan, executor: Executor, store: Store, run_id: 
     states = pending(store, run_id, plan, host_ids)
     expected = sum(len(st.left) for st in states)
     n_hosts = len({sp.host.key for sp in plan.slots})
-    say(f"run {run_id}: {n_hosts} host(s), {len(plan.slots)} slot(s), {expected} point(s) to measure")
+    lanes: dict[str, list[int]] = {}  # per slot: points and jobs left (the ETA's plan)
+    for st in states:
+        lane = lanes.setdefault(_lane(st), [0, 0])
+        lane[0] += len(st.left)
+        lane[1] += 1
+    say(ProgressEvent(f"run {run_id}: {n_hosts} host(s), {len(plan.slots)} slot(s), {expected} point(s) to measure",
+                      "plan", run_id=run_id, total=expected, lanes={k: tuple(v) for k, v in lanes.items()}))
     t0 = time.monotonic()
     stored = dispatch(executor, store, run_id, states, say, max_attempts)
     missing, n_missing = _missing(states)
@@ -99,8 +107,8 @@ def _run(spec: SweepSpec, plan: Plan, executor: Executor, store: Store, run_id: 
         status = "partial" if store.count_points(run_id) else "failed"
         note = f"missing {n_missing} point(s): " + "; ".join(missing)
     store.finish_run(run_id, status, note)
-    say(f"run {run_id}: {status}, {stored} point(s) stored in {time.monotonic() - t0:.1f} s"
-        + (f"; {note}" if note else ""))
+    say(ProgressEvent(f"run {run_id}: {status}, {stored} point(s) stored in {time.monotonic() - t0:.1f} s"
+                      + (f"; {note}" if note else ""), "done"))
     return RunResult(run_id, status, stored, expected, tuple(missing), note)
 
 
@@ -155,6 +163,8 @@ def dispatch(executor: Executor, store: Store, run_id: int, states: list[_JobSta
     for t in threads:
         t.start()
     by_index = {st.job.index: st for st in states}
+    vary = varying_keys([st.settings for st in states])
+    words = {st.job.index: f"{_lane(st)} {st.job.build.name} {settings_in_words(st.settings, vary)}" for st in states}
     build_ids: dict[str, int] = {}
     expected = sum(len(st.left) for st in states)
     stored, running = 0, len(threads)
@@ -164,9 +174,13 @@ def dispatch(executor: Executor, store: Store, run_id: int, states: list[_JobSta
             running -= 1
             continue
         st = by_index[job.index]
+        if kind == "start":  # a job (or its retry) begins on its slot
+            say(ProgressEvent(f"job {job.index}: {words[job.index]}", "job", lane=_lane(st), text=words[job.index],
+                              rows=len(st.left)))
+            continue
         if kind != "row":  # retry | failed | lost: keep the reason for the note
             st.problem = f"{kind}: {payload}"
-            say(f"job {job.index} on {st.sp.host_name}/{job.slot}: {kind}: {payload}")
+            say(ProgressEvent(f"job {job.index} on {_lane(st)}: {kind}: {payload}", "problem"))
             continue
         try:
             point = _point(store, st, payload, build_ids)
@@ -176,12 +190,18 @@ def dispatch(executor: Executor, store: Store, run_id: int, states: list[_JobSta
         if store.add_point(run_id, point):
             stored += 1
             st.left.discard((point.rep, point.n_kv))
-            say(f"[{stored}/{expected}] {st.sp.host_name}/{job.slot} {job.build.name} {describe_job(job)} "
-                f"n_kv={point.n_kv} rep={point.rep} S_PP={point.speed_pp:.2f} S_TG={point.speed_tg:.2f} t/s "
-                f"noise={point.noise:.0%}")
+            stats = row_stats(point.speed_pp, point.speed_tg, point.noise, point.n_kv, point.rep)
+            say(ProgressEvent(f"[{stored}/{expected}] {words[job.index]} job {job.index} {stats}", "row",
+                              lane=_lane(st), text=f"{words[job.index]} job {job.index}", stats=stats,
+                              done=stored, total=expected))
     for t in threads:
         t.join()
     return stored
+
+
+def _lane(st: _JobState) -> str:
+    """A progress lane: one slot, whose jobs run one after another."""
+    return f"{st.sp.host_name}/{st.sp.slot.name}"
 
 
 def _point(store: Store, st: _JobState, payload: dict, build_ids: dict[str, int]) -> Point:
@@ -234,6 +254,7 @@ def _slot_loop(executor: Executor, sp: SlotPlan, jobs: list[Job], events: queue.
         slot = executor.open_slot(sp.host, sp.slot)
         for i, job in enumerate(jobs):
             for attempt in range(1, max_attempts + 1):
+                events.put(("start", job, attempt))
                 try:
                     for ev in slot.run(job):
                         events.put(("row", job, ev))

@@ -35,6 +35,20 @@ import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from orchestrator import reaper  # noqa: E402
+
+class _AuthReminderFilter(logging.Filter):
+    """Drops Ray 2.60's token-auth reminder, printed on every ray.init / job client when
+    RAY_AUTH_MODE is unset. Ray's choice stands (token auth for a new local cluster, a
+    token generated in ~/.ray/auth_token; a token when joining if one is available); the
+    README says so once instead of every command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Token authentication is enabled for this Ray cluster",
+                                                   "Token authentication is disabled for this Ray cluster"))
+
+
+logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_AuthReminderFilter())
+
 from orchestrator.jobs import HostInfo, HostLost, Job, JobFailed, SlotConfig, WorkerLost  # noqa: E402
 
 SIM_ROOT_ENV = "NUMASWEEP_SIM_ROOT"

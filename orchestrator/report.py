@@ -22,9 +22,36 @@ from orchestrator.store import Store
 BY_CHOICES = ("host", "setting")
 
 
-def write_report(store: Store, run_ids=None, out_dir="numasweep-report", baseline=None, compare=None,
+def default_report_dir(store_path, run_ids) -> Path:
+    """A fresh directory next to the store, named after it and the runs; created here, never reused.
+
+    ``numasweep-results/numasweep.db``, runs [3] -> ``numasweep-results/numasweep-reports/run-3``;
+    when that exists (a resumed run, a second report, another store of the same name was
+    here before) -> ``run-3.2``, ``run-3.3`` ...: a report never overwrites another.
+    """
+    store_path = Path(store_path)
+    ids = list(run_ids)
+    if len(ids) <= 4:
+        name = "run-" + "_".join(map(str, ids))
+    else:
+        name = f"runs-{ids[0]}-to-{ids[-1]}" + ("" if len(ids) == ids[-1] - ids[0] + 1 else f"-{len(ids)}")
+    base = store_path.parent / f"{store_path.stem}-reports"
+    base.mkdir(parents=True, exist_ok=True)
+    out, n = base / name, 1
+    while True:
+        try:
+            out.mkdir()  # claims the name atomically: two reports at once never share a directory
+            return out
+        except FileExistsError:
+            n += 1
+            out = base / f"{name}.{n}"
+
+
+def write_report(store: Store, run_ids=None, out_dir=None, baseline=None, compare=None,
                  by: str | None = None) -> Path:
-    """Write report.md, report.html and the PNGs into ``out_dir``; returns the HTML path."""
+    """Write report.md, report.html and the PNGs into ``out_dir``; returns the HTML path.
+
+    ``out_dir`` None: a new directory next to the store (``default_report_dir``)."""
     if by is not None and by not in BY_CHOICES:
         raise ReportError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
     if (baseline is None) != (compare is None):
@@ -42,11 +69,12 @@ def write_report(store: Store, run_ids=None, out_dir="numasweep-report", baselin
     runs = {rid: all_runs[rid] for rid in ids}
     series = build_series(points, runs)
     hosts = {h["id"]: h for h in store.hosts()}
-    out = Path(out_dir)
+    out = default_report_dir(store.path, ids) if out_dir is None else Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    blocks: list = [H(1, "numasweep report"),
-                    P(f"Store {store.path}; runs {', '.join(map(str, ids))}; {len(points)} points in {len(series)} series.")]
+    title = f"numasweep report: {Path(store.path).name}, run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
+    blocks: list = [H(1, title), P(f"Store {Path(store.path).resolve()}; " + "; ".join(
+                        _run_origin(runs[rid]) for rid in ids) + f". {len(points)} points in {len(series)} series.")]
     simulated = {s.simulated for s in series}
     if simulated == {True, False}:
         blocks.append(P("Warning: these runs mix rows from simulated hosts (labelled '(simulated)', pinned onto "
@@ -63,8 +91,14 @@ def write_report(store: Store, run_ids=None, out_dir="numasweep-report", baselin
 
     (out / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     html_path = out / "report.html"
-    html_path.write_text(to_html(blocks, "numasweep report"), encoding="utf-8")
+    html_path.write_text(to_html(blocks, title), encoding="utf-8")
     return html_path
+
+
+def _run_origin(run: dict) -> str:
+    """``run 3 "label" (numasweep, ok, started 2026-12-04T10:00:00)``: which run a report came from."""
+    label = f' "{run["label"]}"' if run.get("label") else ""
+    return f"run {run['id']}{label} ({run['source']}, {run['status']}, started {str(run['started_at'])[:19]})"
 
 
 # -- sections ----------------------------------------------------------------------------
@@ -381,8 +415,10 @@ def _sweep_table(s: Series) -> list:
     desc = f"Series {s.label}" + (f" on {where}" if where else "") + (
         f": mean ± sd over {reps} repetitions" if reps > 1 else ": one repetition")
     blocks: list = [H(3, desc)]
+    from engine.noise import NOISE_WARN  # here: importing the report module loads no engine code
+
     noise = s.max_noise()
-    if noise is not None and noise > 0.1:
+    if noise is not None and noise > NOISE_WARN:
         blocks.append(P(f"Noisy: other processes used up to {noise:.0%} of this slot's CPU time during some rows."))
     blocks.append(Table(sweep_table.COLUMNS, tuple(rows)))
     return blocks

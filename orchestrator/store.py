@@ -213,7 +213,12 @@ class Store:
         meta: dict | None = None,
         source_file: str | None = None,
         content_hash: str | None = None,
+        started_at: str | None = None,
+        finished_at: str | None = None,
+        note: str | None = None,
     ) -> int:
+        """A new run; ``started_at`` / ``finished_at`` (ISO 8601) keep a run's own times when it is
+        re-created elsewhere (a bundle import); by default now, and now when not running."""
         if not isinstance(settings, dict):
             raise StoreError(f"run settings must be a dict, got {type(settings).__name__}")
         _check_status(status)
@@ -221,14 +226,14 @@ class Store:
             try:
                 cur = conn.execute(
                     "INSERT INTO runs (label, source, status, settings_json, spec_json, meta_json, version,"
-                    " git_commit, source_file, content_hash, started_at, finished_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " git_commit, source_file, content_hash, started_at, finished_at, note)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         label, source, status, canonical_json(settings, "run settings"),
                         None if spec is None else canonical_json(spec, "run spec"),
                         None if meta is None else canonical_json(meta, "run meta"),
-                        version, git_commit, source_file, content_hash, _now(),
-                        None if status == "running" else _now(),
+                        version, git_commit, source_file, content_hash, started_at or _now(),
+                        None if status == "running" else (finished_at or _now()), note,
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -308,10 +313,16 @@ class Store:
             except sqlite3.IntegrityError as exc:
                 raise StoreError(self._point_refusal(self._conn, run_id, [row], exc)) from None
 
-    def add_points(self, run_id: int, points: Iterable[Point]) -> int:
-        """Store several points in ONE transaction (an import file); returns how many were new."""
+    def add_points(self, run_id: int, points: Iterable[Point], created_at: Iterable[str] | None = None) -> int:
+        """Store several points in ONE transaction (an import file); returns how many were new.
+
+        ``created_at``: each point's original time (a bundle import), else now for all."""
+        points = list(points)
         now = _now()
-        rows = [self._point_row(run_id, p, now) for p in points]
+        times = [now] * len(points) if created_at is None else list(created_at)
+        if len(times) != len(points):
+            raise StoreError(f"add_points: {len(times)} created_at values for {len(points)} points")
+        rows = [self._point_row(run_id, p, t) for p, t in zip(points, times)]
         with self.transaction() as conn:
             try:
                 before = conn.total_changes

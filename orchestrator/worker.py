@@ -14,57 +14,16 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
+from engine.noise import NoiseMeter, cpu_busy_ticks  # noqa: F401 - cpu_busy_ticks re-exported (tests)
 from engine.options import BY_NAME, canonical_name
 from orchestrator import backends, pin
 from orchestrator.errors import NumasweepError
 from orchestrator.builds import BuildError, identity_of
 from orchestrator.jobs import Job, JobFailed, SlotConfig, WorkerLost
 from orchestrator.point import normalize_settings
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_busy_ticks(cpus, proc: str = "/proc") -> int:
-    """Busy ticks (user+nice+system+irq+softirq+steal) summed over ``cpus``, from /proc/stat."""
-    want = {f"cpu{c}" for c in cpus}
-    total = 0
-    for line in Path(proc, "stat").read_text().splitlines():
-        parts = line.split()
-        if parts and parts[0] in want:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, parts[1:9])
-            total += user + nice + system + irq + softirq + steal
-    return total
-
-
-def process_ticks(pid: int, proc: str = "/proc") -> int:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
-    text = Path(proc, str(pid), "stat").read_text()
-    fields = text[text.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
-
-
-class NoiseMeter:
-    """Fraction of the slot's CPU capacity used by other processes between two marks."""
-
-    def __init__(self, cpus, pid: int) -> None:
-        self.cpus, self.pid = tuple(cpus), pid
-        self._mark = self._sample()
-
-    def _sample(self) -> tuple[float, int, int]:
-        return time.monotonic(), cpu_busy_ticks(self.cpus), process_ticks(self.pid)
-
-    def lap(self) -> float:
-        now = self._sample()
-        (t0, busy0, own0), (t1, busy1, own1) = self._mark, now
-        self._mark = now
-        capacity = (t1 - t0) * _CLK_TCK * len(self.cpus)
-        if capacity <= 0:
-            return 0.0
-        return round(min(1.0, max(0.0, (busy1 - busy0 - (own1 - own0)) / capacity)), 4)
 
 
 def echo_mismatch(row: dict, asked: dict) -> str | None:

@@ -38,7 +38,8 @@ k_repack = ["on", "off"]
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
-    assert "[4/4]" in out and "|    PP |     TG |   N_KV |" in out and "k_repack=on" in out
+    assert "[4/4]" in res.stderr and "[4/4]" not in out  # live progress on stderr, tables on stdout
+    assert "|    PP |     TG |   N_KV |" in out and "k_repack=on" in out
     assert (tmp_path / "numasweep-results" / "models" / "micro-seed0.gguf").is_file()
     with Store.open(tmp_path / "numasweep-results" / "numasweep.db") as store:
         (run,) = store.runs()
@@ -55,3 +56,4 @@ k_repack = ["on", "off"]
     assert {p["verified_cpus"] for p in pts} == {format_cpulist(parse_cpulist(cpus))}
     path = out.split("report:")[1].split()[0]  # the report lane's write_report, when run ends
     assert os.path.isfile(path) and path.endswith(".html")
+    assert path == str(tmp_path / "numasweep-results" / "numasweep-reports" / "run-1" / "report.html")

@@ -88,8 +88,8 @@ def check_file(path: str | Path, limits: ImportLimits = DEFAULT_LIMITS) -> Check
 
 @dataclass(frozen=True)
 class ImportPlan:
-    """Files that all passed ``check_file``, and the host profile to attach."""
-    files: tuple[CheckedFile, ...]
+    """Files that all passed ``check_file`` (or bundles read whole), and the host profile to attach."""
+    files: tuple  # CheckedFile | orchestrator.bundle.Bundle
     profile: tuple[dict, str | None] | None
     host_name: str | None
     limits: ImportLimits = DEFAULT_LIMITS
@@ -98,8 +98,16 @@ class ImportPlan:
         """One run per new file, all in one transaction; a file seen before adds nothing."""
         out: list[ImportResult] = []
         done: dict[str, ImportResult] = {}
+        from orchestrator.bundle import Bundle, import_bundle
+
         with store.transaction():
             for f in self.files:
+                if isinstance(f, Bundle):
+                    if label:
+                        raise ImportFormatError(f"{f.path}: a result bundle carries its own label (--label does "
+                                                "not apply to it)")
+                    out.append(import_bundle(store, f))
+                    continue
                 prior = done.get(f.digest) or self._existing(store, f)
                 if prior is not None:
                     out.append(ImportResult(f.path, prior.run_id, prior.source, 0, duplicate=True))
@@ -129,14 +137,26 @@ class ImportPlan:
 
 
 def plan_import(paths, *, host_profile: str | None = None, limits: ImportLimits = DEFAULT_LIMITS) -> ImportPlan:
-    """Check the host profile and every file without touching any store."""
+    """Check the host profile and every file without touching any store. Result bundles
+    (``numasweep bundle``) are recognised by content and become the run they hold."""
+    from orchestrator.bundle import is_bundle, read_bundle
+
     profile = load_host_profile(host_profile) if host_profile else None
     host_name = Path(host_profile).stem if host_profile else None
-    return ImportPlan(tuple(check_file(p, limits) for p in paths), profile, host_name, limits)
+    files: list = []
+    for p in paths:
+        if is_bundle(p):
+            if host_profile:
+                raise ImportFormatError(f"{p}: a result bundle carries its own host facts (--host-profile does "
+                                        "not apply to it)")
+            files.append(read_bundle(p))
+        else:
+            files.append(check_file(p, limits))
+    return ImportPlan(tuple(files), profile, host_name, limits)
 
 
 def import_files(store: Store, paths, *, label: str | None = None, host_profile: str | None = None,
-                 limits: ImportLimits = DEFAULT_LIMITS) -> list[ImportResult]:
+                 limits: ImportLimits = DEFAULT_LIMITS) -> list:
     """Import files, one run each, in one transaction: if any is refused, nothing is written."""
     return plan_import(paths, host_profile=host_profile, limits=limits).write(store, label)
 

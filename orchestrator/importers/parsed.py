@@ -48,7 +48,7 @@ def common_settings(rows: list[dict], skip: frozenset[str]) -> dict:
 
 MEASUREMENT_KEYS = frozenset(
     {"pp", "tg", "n_kv", "t_pp", "speed_pp", "t_tg", "speed_tg", "rep", "rss_hwm_mib", "repack_scratch_mib",
-     "repack_scratch_hwm_mib"}
+     "repack_scratch_hwm_mib", "noise"}
 )
 
 
