@@ -53,7 +53,9 @@ def _executor(args: argparse.Namespace, spec: SweepSpec):
     address = args.address or spec.address
     local = None
     if address or os.environ.get("RAY_ADDRESS"):  # inside a Ray Job the cluster is given
-        ray_backend.connect(address)
+        note = ray_backend.connect(address)
+        if note:
+            print(note, file=sys.stderr)
     else:
         local = ray_backend.start_local(dashboard=args.dashboard)
         if local.dashboard_url:
@@ -133,6 +135,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 # -- Ray Jobs ------------------------------------------------------------------
 def _client(address: str):
+    from orchestrator import cluster_auth
+
+    note = cluster_auth.apply(address)  # before Ray is imported: it reads the token mode then
+    if note:
+        print(note, file=sys.stderr)
     from ray.job_submission import JobSubmissionClient
 
     try:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+from orchestrator import host_checks
+from orchestrator.cpuguard import CpuGuard
 from orchestrator.errors import NumasweepError, StoreError
 from orchestrator.jobs import HostInfo, HostLost, Job, JobFailed, SlotConfig, WorkerLost
 from orchestrator.point import Point
@@ -47,9 +49,10 @@ class RunResult:
 
 # -- planning ----------------------------------------------------------------
 def _real(host: HostInfo, cpus, nodes) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """A simulated host's CPUs / memory nodes mapped onto this machine's (id modulo count)."""
+    """A simulated host's CPUs / memory nodes mapped onto this machine's (id modulo count); a real
+    host's CPUs less its housekeeping CPUs (orchestrator.isolation)."""
     if not host.simulated:
-        return tuple(cpus), tuple(nodes)
+        return tuple(c for c in cpus if c not in host.housekeeping), tuple(nodes)
     rc, rn = host.real_cpus, host.real_nodes or (0,)
     return (tuple(sorted({rc[c % len(rc)] for c in cpus})),
             tuple(sorted({rn[n % len(rn)] for n in nodes})))
@@ -68,6 +71,9 @@ def plan_slots(host: HostInfo, spec: SweepSpec) -> list[SlotConfig]:
     slots = []
     for pl in placements:
         cpus, nodes = _real(host, pl.cpus, pl.mem_nodes)
+        if not cpus:
+            raise SpecError(f"placement on host {host.profile.name}: slot {pl.name} has no CPU left outside the "
+                            f"housekeeping CPUs {list(host.housekeeping)}")
         threads = min(pl.threads, len(cpus))
         record = pl.to_json()
         if host.simulated:
@@ -139,21 +145,28 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
     if not hosts:
         raise SpecError("no host matches [hosts] (labels "
                         f"{dict(spec.hosts.labels) or 'any'}, profiles {list(spec.hosts.profiles) or 'any'})")
+    # Model bytes per host, before anything is stored: a host with other bytes is left out.
+    hosts, names, checks = host_checks.verify_models(executor, hosts, _host_names(hosts), models,
+                                                     spec.backend.kind, say)
     plan: list[tuple[HostInfo, int, SlotConfig, list[Job]]] = []
-    for host, name in zip(hosts, _host_names(hosts)):
+    named_slots = []
+    for host, name in zip(hosts, names):
         # Identical machines share a profile fingerprint; the store row is per machine.
         host_id = store.upsert_host(fingerprint=f"{host.profile.fingerprint}:{name}",
                                     profile=host.profile.to_json(), name=name, simulated=host.simulated)
         for slot in plan_slots(host, spec):
             jobs = plan_jobs(spec, host, slot, models, sum(len(p[3]) for p in plan))
             plan.append((host, host_id, slot, jobs))
+            named_slots.append((host, name, slot))
+    checks.update(host_checks.isolation_record(named_slots))
 
     if spec.backend.kind != "replay":  # replay reads no model
         _ensure_models(models)
     if run_id is None:
         run_id = store.create_run(settings={"models": [m[1] for m in models], "placement": spec.placement.policy,
                                             "backend": spec.backend.kind, "repetitions": spec.repetitions,
-                                            "jobs": sum(len(p[3]) for p in plan), "spec_dir": spec.base},
+                                            "jobs": sum(len(p[3]) for p in plan), "spec_dir": spec.base,
+                                            **checks},
                                   spec=spec.source, label=spec.label, version=_version(), git_commit=_git_commit())
     else:
         store.set_run_status(run_id, "running")
@@ -177,7 +190,8 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
     say(f"run {run_id}: {len(hosts)} host(s), {len(plan)} slot(s), {expected} point(s) to measure")
 
     events: queue.Queue = queue.Queue()
-    threads = [threading.Thread(target=_slot_loop, args=(executor, host, slot, jobs, events, max_attempts),
+    guard = CpuGuard()  # simulated hosts on the same real CPUs take turns
+    threads = [threading.Thread(target=_slot_loop, args=(executor, host, slot, jobs, events, max_attempts, guard),
                                 daemon=True) for host, _hid, slot, jobs in todo]
     for t in threads:
         t.start()
@@ -226,12 +240,17 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store, *, run_id: int 
     return RunResult(run_id, status, stored, expected, tuple(missing), note)
 
 
+HOST_LABEL = "numasweep-host"  # a node's own stable name (a fleet's hosts carry it): survives restarts
+
+
 def _host_names(hosts: list[HostInfo]) -> list[str]:
-    """Profile names (hostnames when detected); repeated ones (simulated nodes) get their node key."""
+    """The node's host label, else profile names (hostnames when detected); repeated ones (simulated
+    nodes) get their node key."""
+    base = [h.labels.get(HOST_LABEL) or h.profile.name for h in hosts]
     count: dict[str, int] = {}
-    for h in hosts:
-        count[h.profile.name] = count.get(h.profile.name, 0) + 1
-    return [h.profile.name if count[h.profile.name] == 1 else f"{h.profile.name}@{h.key[:8]}" for h in hosts]
+    for b in base:
+        count[b] = count.get(b, 0) + 1
+    return [b if count[b] == 1 else f"{b}@{h.key[:8]}" for b, h in zip(base, hosts)]
 
 
 def _ensure_models(models) -> None:
@@ -276,7 +295,7 @@ def _describe(job: Job) -> str:
 
 
 def _slot_loop(executor: Executor, host: HostInfo, slot_cfg: SlotConfig, jobs: list[Job],
-               events: queue.Queue, max_attempts: int) -> None:
+               events: queue.Queue, max_attempts: int, guard: CpuGuard) -> None:
     """One thread per slot: its jobs in order; WorkerLost is retried, HostLost ends the slot."""
     slot = None
     try:
@@ -284,8 +303,9 @@ def _slot_loop(executor: Executor, host: HostInfo, slot_cfg: SlotConfig, jobs: l
         for i, job in enumerate(jobs):
             for attempt in range(1, max_attempts + 1):
                 try:
-                    for ev in slot.run(job):
-                        events.put(("row", job, ev))
+                    with guard.hold(host.machine or host.key, slot_cfg.cpus):
+                        for ev in slot.run(job):
+                            events.put(("row", job, ev))
                     break
                 except WorkerLost as exc:
                     kind = "retry" if attempt < max_attempts else "failed"

@@ -20,6 +20,7 @@ from typing import Iterator
 
 from orchestrator import backends, pin
 from orchestrator.jobs import Job, JobFailed, SlotConfig, WorkerLost
+from orchestrator.model_identity import local_model_path
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -86,7 +87,10 @@ class SlotWorker:
     def run(self, job: Job) -> Iterator[dict]:
         """Yield one event per measured row: {row, verified_cpus, verified_mems, noise, pid}."""
         if job.backend.kind != "replay":
-            ensure_model(job.model, job.model_shape, job.model_seed)
+            # A synthetic model lives in this host's own directory when it has one (model_identity).
+            local = local_model_path(job.model, job.model_shape, job.model_seed)
+            ensure_model(local, job.model_shape, job.model_seed)
+            job = dataclasses.replace(job, model=local)
         backend = backends.get(job.backend.kind)
         slot = self.slot
         if slot.simulated:  # a simulated 128-core slot runs on the few real CPUs it is mapped to

@@ -1,0 +1,485 @@
+"""`numasweep fleet`: a simulated multi-host Ray cluster on this machine.
+
+Each simulated host is a real Ray node (``ray start --block``) that reports a saved
+host profile through ``NUMASWEEP_SIM_ROOT`` (a ``hostprofiles.materialize`` tree) and
+pins its slots onto this machine's real CPUs. Where the machine allows it (root,
+iproute2) every host has its own network namespace on a private bridge
+(``orchestrator.netns``), so the head is reached over a real interface and workers join
+over TCP; elsewhere the nodes share loopback, distinguished by labels and ports, and
+``up`` says so. The cluster uses Ray's token authentication: the token is a 0600 file
+in the fleet's work directory, given to every node by path.
+
+``up`` records everything it starts or makes in a state file (``fleet_state``);
+``down`` stops exactly that (process groups, then every process left in a host's
+namespace or carrying the host's environment marker), removes the namespaces, the
+bridge and the work directory, and is safe to run twice.
+
+Ray is not imported here: nodes are ``ray start`` processes, and readiness is read
+from the head's HTTP API.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from orchestrator import fleet_state, netns
+from orchestrator.fleet_state import FleetError, FleetHost, FleetState
+
+RAY = str(Path(sys.executable).with_name("ray"))
+OBJECT_STORE_BYTES = 80 * 2**20
+HOST_LABEL = "numasweep-host"
+FLEET_LABEL = "numasweep-fleet"
+# Environment markers: every process a node starts inherits them, so down finds them all.
+FLEET_ENV, HOME_ENV = "NUMASWEEP_FLEET_DIR", "NUMASWEEP_HOME"
+HOUSEKEEPING_ENV, SLOT_CPUS_ENV = "NUMASWEEP_HOUSEKEEPING_CPUS", "NUMASWEEP_SLOT_CPUS"
+# Settings made for the embedded single-node Ray only; a cluster node must never inherit them.
+EMBEDDED_ONLY_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",)
+NETNS_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- up ----------------------------------------------------------------------------
+def up(profiles: list[str], *, name: str = "default", use_netns: bool | None = None,
+       housekeeping: str = "auto", subnet: str | None = None, say: Callable[[str], None] = print,
+       ready_timeout: float = 180.0) -> FleetState:
+    """Start one Ray node per simulated host (the first is the head); returns the recorded state."""
+    from hostprofiles import load_profile, materialize
+    from hostprofiles.errors import ProfileError
+
+    fleet_state.check_name(name)
+    if not profiles:
+        raise FleetError("--simulate needs at least one saved profile name (see `numasweep host list`)")
+    try:
+        loaded = [load_profile(p) for p in profiles]
+    except ProfileError as exc:
+        raise FleetError(f"--simulate: {exc}") from None
+    if fleet_state.load(name) is not None:
+        raise FleetError(f"fleet {name!r} is already up (numasweep fleet status --name {name}; "
+                         f"numasweep fleet down --name {name})")
+    net = _parse_subnet(subnet)
+    hk, slot_cpus, isolation = housekeeping_plan(housekeeping)
+
+    reason = None
+    if use_netns is not False:
+        reason = netns.unavailable()
+        if reason and use_netns:
+            raise FleetError(f"--netns: network namespaces are impossible here: {reason}")
+    mode = "netns" if reason is None and use_netns is not False else "loopback"
+    if use_netns is False:
+        reason = "--loopback given"
+
+    workdir = Path(tempfile.mkdtemp(prefix="nswf-"))  # short: Ray puts unix sockets under it
+    token = workdir / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    state = FleetState(name=name, mode=mode, reason=reason, workdir=str(workdir), token_path=str(token),
+                       hosts=(), isolation=isolation, housekeeping=_fmt(hk), created=_now())
+    fleet_state.save(state)  # from here on, down can undo whatever was made
+    try:
+        if mode == "netns":
+            tag = secrets.token_hex(2)
+            net = net or netns.pick_subnet()
+            bridge = f"nswb-{tag}"
+            state = replace(state, bridge=bridge, subnet=str(net))
+            fleet_state.save(state)
+            state = replace(state, gateway=netns.create_bridge(bridge, net))
+            fleet_state.save(state)
+        names = host_names(profiles)
+        for i, (prof, pname, hname) in enumerate(zip(loaded, profiles, names)):
+            hdir = workdir / f"h{i}"
+            link = None
+            if mode == "netns":
+                link = netns.create_host(tag, i, state.bridge, ipaddress.ip_network(state.subnet))
+            host = FleetHost(name=hname, profile=pname, head=i == 0,
+                             address=link.address if link else "127.0.0.1",
+                             namespace=link.namespace if link else None, veth=link.veth if link else None,
+                             temp_dir=str(hdir / "ray"), sim_root=str(materialize(prof, hdir / "sysfs")),
+                             home=str(hdir / "home"), log=str(hdir / "ray.log"), num_cpus=len(prof.cpus),
+                             ports=dict(NETNS_PORTS) if link else _loopback_ports(i == 0))
+            host = replace(host, argv=tuple(_node_argv(host, state, name)),
+                           env=_node_env(host, state, slot_cpus))
+            Path(host.home).mkdir(parents=True)
+            state = replace(state, hosts=state.hosts + (host,))
+            fleet_state.save(state)
+        say(_mode_line(state))
+        state = _start(state, state.head, hk)
+        fleet_state.save(state)
+        _wait_head(state, ready_timeout)
+        for h in state.hosts[1:]:
+            state = _start(state, h, hk)
+            fleet_state.save(state)
+        _wait_nodes(state, len(state.hosts), ready_timeout)
+    except BaseException:
+        say(f"fleet {name}: start failed; removing what was made")
+        down(name, say=lambda _l: None)
+        raise
+    for line in describe(state):
+        say(line)
+    return state
+
+
+def host_names(profiles: list[str]) -> list[str]:
+    """Profile names; a repeated one gets -2, -3, ... (they are store host names)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in profiles:
+        seen[p] = seen.get(p, 0) + 1
+        out.append(p if seen[p] == 1 else f"{p}-{seen[p]}")
+    return out
+
+
+def _parse_subnet(subnet: str | None) -> ipaddress.IPv4Network | None:
+    if subnet is None:
+        return None
+    try:
+        net = ipaddress.ip_network(subnet)
+    except ValueError:
+        raise FleetError(f"--subnet {subnet!r} is not an IPv4 network like 10.77.3.0/24") from None
+    if not isinstance(net, ipaddress.IPv4Network) or net.prefixlen > 28:
+        raise FleetError(f"--subnet {subnet!r}: give an IPv4 network of /28 or larger")
+    return net
+
+
+def housekeeping_plan(spec: str, allowed: set[int] | None = None) -> tuple[set[int], set[int] | None, str]:
+    """(housekeeping CPUs, CPUs left for slots or None, one line saying what is done).
+
+    ``auto`` reserves the highest allowed CPU for Ray's own processes (and the worker
+    actors) when at least 4 CPUs are allowed; fewer, and reserving one would take a large
+    share of what the slots measure with, so nothing is reserved and the line says so.
+    """
+    from hostprofiles.cpulist import format_cpulist, parse_cpulist
+    from hostprofiles.errors import ProfileError
+
+    allowed = set(os.sched_getaffinity(0)) if allowed is None else allowed
+    if spec == "none":
+        return set(), None, "none: Ray's processes share the slots' CPUs (--housekeeping-cpus none)"
+    if spec == "auto":
+        if len(allowed) < 4:
+            return set(), None, (f"none: {len(allowed)} CPU(s) allowed here, too few to reserve a housekeeping "
+                                 "CPU; Ray's processes share the slots' CPUs (rows' noise shows their cost)")
+        hk = {max(allowed)}
+    else:
+        try:
+            hk = set(parse_cpulist(spec))
+        except ProfileError:
+            raise FleetError(f"--housekeeping-cpus {spec!r}: not a CPU list (allowed: auto, none, or like 0 or 6-7)") from None
+        if not hk <= allowed or not allowed - hk:
+            raise FleetError(f"--housekeeping-cpus {spec!r}: must be a proper subset of the CPUs allowed here "
+                             f"({format_cpulist(sorted(allowed))})")
+    rest = allowed - hk
+    return hk, rest, (f"housekeeping CPU(s) {format_cpulist(sorted(hk))}: Ray's processes and the worker actors "
+                      f"run there; slots use {format_cpulist(sorted(rest))}")
+
+
+def _fmt(cpus: set[int] | None) -> str | None:
+    from hostprofiles.cpulist import format_cpulist
+
+    return format_cpulist(sorted(cpus)) if cpus else None
+
+
+def _loopback_ports(head: bool) -> dict:
+    names = ["node_manager", "object_manager", "metrics", "agent_http", "agent_grpc", "runtime_env"]
+    if head:
+        names += ["gcs", "dashboard", "client"]
+    return dict(zip(names, free_ports(len(names))))
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _node_argv(host: FleetHost, state: FleetState, fleet: str) -> list[str]:
+    p = host.ports
+    labels = {HOST_LABEL: host.name, FLEET_LABEL: fleet}
+    argv = [RAY, "start", "--block", f"--node-ip-address={host.address}", f"--num-cpus={host.num_cpus}",
+            f"--object-store-memory={OBJECT_STORE_BYTES}", f"--temp-dir={host.temp_dir}", "--disable-usage-stats",
+            f"--labels={json.dumps(labels)}"]
+    if host.head:
+        argv += ["--head", f"--port={p['gcs']}", f"--dashboard-host={host.address}",
+                 f"--dashboard-port={p['dashboard']}", "--include-dashboard=true",
+                 f"--ray-client-server-port={p['client']}"]
+    else:
+        head = state.head
+        argv += [f"--address={head.address}:{head.ports['gcs']}"]
+    if state.mode == "loopback":  # one network stack: every port explicit and distinct
+        argv += [f"--node-manager-port={p['node_manager']}", f"--object-manager-port={p['object_manager']}",
+                 f"--metrics-export-port={p['metrics']}", f"--dashboard-agent-listen-port={p['agent_http']}",
+                 f"--dashboard-agent-grpc-port={p['agent_grpc']}", f"--runtime-env-agent-port={p['runtime_env']}",
+                 "--min-worker-port=0", "--max-worker-port=0"]
+    return netns.exec_argv(host.namespace, argv) if host.namespace else argv
+
+
+def _node_env(host: FleetHost, state: FleetState, slot_cpus: set[int] | None) -> dict:
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": state.token_path, "RAY_USAGE_STATS_ENABLED": "0",
+           "NUMASWEEP_SIM_ROOT": host.sim_root, HOME_ENV: host.home, FLEET_ENV: state.workdir}
+    if state.housekeeping:
+        env[HOUSEKEEPING_ENV] = state.housekeeping
+        env[SLOT_CPUS_ENV] = _fmt(slot_cpus)
+    return env
+
+
+def _process_env(host: FleetHost) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in EMBEDDED_ONLY_ENV and k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(host.env)
+    return env
+
+
+def _start(state: FleetState, host: FleetHost, housekeeping: set[int] | None = None) -> FleetState:
+    """Launch the host's `ray start --block` in its own process group; wait for its 'started' line."""
+    hk = housekeeping if housekeeping is not None else _parse(state.housekeeping)
+    preexec = (lambda: os.sched_setaffinity(0, hk)) if hk else None  # Ray's processes inherit it
+    log = open(host.log, "ab")
+    try:
+        proc = subprocess.Popen(list(host.argv), env=_process_env(host), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
+    finally:
+        log.close()
+    host = replace(host, pid=proc.pid)
+    state = state.with_host(host)
+    fleet_state.save(state)
+    deadline = time.monotonic() + 120
+    while True:
+        text = Path(host.log).read_text(errors="replace")
+        if "Ray runtime started" in text:
+            return state
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = " | ".join(text.strip().splitlines()[-3:])
+            raise FleetError(f"host {host.name}: `ray start` {'exited' if proc.poll() is not None else 'timed out'}"
+                             f" ({host.log}): {tail[-400:]}")
+        time.sleep(0.3)
+
+
+def _parse(cpus: str | None) -> set[int]:
+    from hostprofiles.cpulist import parse_cpulist
+
+    return set(parse_cpulist(cpus)) if cpus else set()
+
+
+def _api(state: FleetState, path: str, timeout: float = 5.0):
+    token = Path(state.token_path).read_text().strip()
+    req = urllib.request.Request(state.dashboard_url + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read().decode())
+
+
+def alive_nodes(state: FleetState) -> list[dict]:
+    """The head's view of the cluster's live nodes (node IP, node id, labels)."""
+    data = _api(state, "/nodes?view=summary")
+    out = []
+    for n in data.get("data", {}).get("summary", []):
+        raylet = n.get("raylet", {})
+        if raylet.get("state") == "ALIVE":
+            out.append({"ip": raylet.get("nodeManagerAddress"), "node_id": raylet.get("nodeId"),
+                        "labels": raylet.get("labels", {})})
+    return out
+
+
+def _wait_head(state: FleetState, timeout: float) -> None:
+    _until(lambda: _api(state, "/api/version") is not None, timeout, f"the head's dashboard at {state.dashboard_url}")
+
+
+def _wait_nodes(state: FleetState, n: int, timeout: float, host: str | None = None) -> None:
+    def ready() -> bool:
+        nodes = alive_nodes(state)
+        if host is not None:
+            return any(x["labels"].get(HOST_LABEL) == host for x in nodes)
+        return len(nodes) >= n
+    _until(ready, timeout, f"{n} node(s) registered with the head" if host is None else f"host {host} registered")
+
+
+def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            last = exc
+        time.sleep(0.5)
+    raise FleetError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last})" if last else ""))
+
+
+# -- status / lines -------------------------------------------------------------------
+def _mode_line(state: FleetState) -> str:
+    if state.mode == "netns":
+        return (f"fleet {state.name}: {len(state.hosts)} simulated host(s), each in its own network namespace "
+                f"on bridge {state.bridge} ({state.subnet}; this machine is {state.gateway})")
+    return (f"fleet {state.name}: network namespaces unavailable ({state.reason}): falling back to loopback; "
+            f"{len(state.hosts)} simulated host(s) share this machine's network stack, told apart by labels and "
+            "ports, and Ray's servers listen on all of this machine's interfaces (the token guards them)")
+
+
+def describe(state: FleetState) -> list[str]:
+    lines = [_mode_line(state)]
+    for h in state.hosts:
+        where = f"netns {h.namespace}" if h.namespace else "loopback"
+        alive = "up" if _pid_alive(h.pid) else "DOWN"
+        lines.append(f"  {h.name:<24} {'head' if h.head else 'node':<4} {h.address:<15} {where:<16} "
+                     f"{h.num_cpus:>4} CPUs  pid {h.pid}  {alive}")
+    lines += [f"isolation: {state.isolation}",
+              f"token:  {state.token_path} (numasweep fleet token --name {state.name})",
+              f"run:    numasweep run SPEC --address {state.run_address}",
+              f"submit: numasweep submit SPEC --address {state.dashboard_url}",
+              f"down:   numasweep fleet down --name {state.name}"]
+    return lines
+
+
+def status(name: str) -> FleetState:
+    state = fleet_state.load(name)
+    if state is None:
+        raise FleetError(f"no fleet {name!r} is up (numasweep fleet up --simulate PROFILE,...)")
+    return state
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (reaped by nobody yet) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# -- stop / start one host (host loss and return) ------------------------------------
+def stop_host(name: str, host_name: str, say: Callable[[str], None] = print) -> None:
+    """Kill one simulated host's Ray node and everything it started (a lost host)."""
+    state = status(name)
+    host = state.host(host_name)
+    if host.head:
+        raise FleetError(f"host {host_name} is the head: stopping it ends the cluster (numasweep fleet down)")
+    n = _kill_host(host)
+    state = state.with_host(replace(host, pid=None))
+    fleet_state.save(state)
+    say(f"fleet {name}: host {host_name} stopped ({n} process(es) killed)")
+
+
+def start_host(name: str, host_name: str, say: Callable[[str], None] = print, timeout: float = 120.0) -> None:
+    """Start a stopped host again (same namespace, profile and labels; a new Ray node id)."""
+    state = status(name)
+    host = state.host(host_name)
+    if _pid_alive(host.pid):
+        raise FleetError(f"host {host_name} is running (pid {host.pid})")
+    if host.head:
+        raise FleetError(f"host {host_name} is the head: bring the whole fleet down and up again")
+    state = _start(state, host)
+    fleet_state.save(state)
+    _wait_nodes(state, 0, timeout, host=host_name)
+    say(f"fleet {name}: host {host_name} is back (pid {state.host(host_name).pid})")
+
+
+# -- down ------------------------------------------------------------------------------
+def down(name: str, say: Callable[[str], None] = print) -> bool:
+    """Stop everything fleet ``name`` started and remove what it made; False if nothing was up."""
+    state = fleet_state.load(name)
+    if state is None:
+        say(f"fleet {name}: nothing to do (no fleet of that name is up)")
+        return False
+    killed = 0
+    for host in reversed(state.hosts):  # workers first, head last
+        killed += _kill_host(host)
+    killed += _kill_marked(FLEET_ENV, state.workdir)  # e.g. a job driver that left its host's group
+    removed = []
+    for host in state.hosts:
+        if host.namespace and netns.remove_namespace(host.namespace):
+            removed.append(host.namespace)
+        if host.veth:
+            netns.remove_link(host.veth)
+    if state.bridge and netns.remove_link(state.bridge):
+        removed.append(state.bridge)
+    shutil.rmtree(state.workdir, ignore_errors=True)
+    fleet_state.remove(name)
+    say(f"fleet {name}: down ({killed} process(es) stopped"
+        + (f"; removed {', '.join(removed)}" if removed else "") + f"; removed {state.workdir})")
+    return True
+
+
+def _kill_host(host: FleetHost) -> int:
+    """SIGTERM the node's process group, then SIGKILL what is left of it, its namespace and its marker."""
+    n = 0
+    if host.pid and _pid_alive(host.pid):
+        try:
+            os.killpg(host.pid, signal.SIGTERM)
+            n += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _group_alive(host.pid):
+            time.sleep(0.1)
+        try:
+            os.killpg(host.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if host.namespace:
+        for pid in netns.namespace_pids(host.namespace):
+            n += _kill(pid)
+    n += _kill_marked(HOME_ENV, host.home)
+    return n
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _kill(pid: int) -> int:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return 1
+    except (ProcessLookupError, PermissionError):
+        return 0
+
+
+def marked_pids(key: str, value: str) -> list[int]:
+    """PIDs whose environment has ``key=value`` (the fleet's own markers; never anyone else's)."""
+    want = f"{key}={value}".encode()
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if want in env.split(b"\0"):
+            out.append(int(entry.name))
+    return out
+
+
+def _kill_marked(key: str, value: str) -> int:
+    return sum(_kill(pid) for pid in marked_pids(key, value))
