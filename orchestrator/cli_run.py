@@ -72,10 +72,10 @@ def _execute(args: argparse.Namespace, spec: SweepSpec, run_id: int | None) -> i
     from orchestrator.coordinator import run_sweep
     from orchestrator.store import Store
 
-    store = Store.open(spec.store)
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
-    executor, stop = _executor(args, spec)
+    executor, stop = _executor(args, spec)  # a cluster that refuses us leaves no store file behind
     try:
+        store = Store.open(spec.store)
         result = run_sweep(spec, executor, store, run_id=run_id, progress=say)
     finally:
         stop()
@@ -140,10 +140,14 @@ def _client(address: str):
     note = cluster_auth.apply(address)  # before Ray is imported: it reads the token mode then
     if note:
         print(note, file=sys.stderr)
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError as exc:
+        raise RunError(f"{address}: refused: {str(exc).splitlines()[0]} (this cluster uses Ray token auth: set "
+                       "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)") from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RunError(f"no Ray job server at {address}: {str(exc).splitlines()[0]}") from None
 

@@ -39,14 +39,16 @@ from typing import Callable
 
 from orchestrator import fleet_state, netns
 from orchestrator.fleet_state import FleetError, FleetHost, FleetState
+from orchestrator.isolation import HOUSEKEEPING_ENV, SLOT_CPUS_ENV
+from orchestrator.model_identity import HOME_ENV
 
 RAY = str(Path(sys.executable).with_name("ray"))
 OBJECT_STORE_BYTES = 80 * 2**20
 HOST_LABEL = "numasweep-host"
 FLEET_LABEL = "numasweep-fleet"
-# Environment markers: every process a node starts inherits them, so down finds them all.
-FLEET_ENV, HOME_ENV = "NUMASWEEP_FLEET_DIR", "NUMASWEEP_HOME"
-HOUSEKEEPING_ENV, SLOT_CPUS_ENV = "NUMASWEEP_HOUSEKEEPING_CPUS", "NUMASWEEP_SLOT_CPUS"
+# Environment markers: every process a node starts inherits them (HOME_ENV per host), so down
+# finds them all.
+FLEET_ENV = "NUMASWEEP_FLEET_DIR"
 # Settings made for the embedded single-node Ray only; a cluster node must never inherit them.
 EMBEDDED_ONLY_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",)
 NETNS_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
@@ -119,7 +121,7 @@ def up(profiles: list[str], *, name: str = "default", use_netns: bool | None = N
             Path(host.home).mkdir(parents=True)
             state = replace(state, hosts=state.hosts + (host,))
             fleet_state.save(state)
-        say(_mode_line(state))
+        say(f"fleet {name}: starting {len(state.hosts)} Ray node(s) ({mode})")
         state = _start(state, state.head, hk)
         fleet_state.save(state)
         _wait_head(state, ready_timeout)
@@ -304,13 +306,12 @@ def _wait_head(state: FleetState, timeout: float) -> None:
     _until(lambda: _api(state, "/api/version") is not None, timeout, f"the head's dashboard at {state.dashboard_url}")
 
 
-def _wait_nodes(state: FleetState, n: int, timeout: float, host: str | None = None) -> None:
-    def ready() -> bool:
-        nodes = alive_nodes(state)
-        if host is not None:
-            return any(x["labels"].get(HOST_LABEL) == host for x in nodes)
-        return len(nodes) >= n
-    _until(ready, timeout, f"{n} node(s) registered with the head" if host is None else f"host {host} registered")
+def _wait_nodes(state: FleetState, n: int, timeout: float) -> None:
+    _until(lambda: len(alive_nodes(state)) >= n, timeout, f"{n} node(s) registered with the head")
+
+
+def _host_nodes(state: FleetState, host: str) -> list[str]:
+    return [x["node_id"] for x in alive_nodes(state) if x["labels"].get(HOST_LABEL) == host]
 
 
 def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -374,16 +375,20 @@ def _pid_alive(pid: int | None) -> bool:
 
 
 # -- stop / start one host (host loss and return) ------------------------------------
-def stop_host(name: str, host_name: str, say: Callable[[str], None] = print) -> None:
+def stop_host(name: str, host_name: str, say: Callable[[str], None] = print, wait: bool = True) -> None:
     """Kill one simulated host's Ray node and everything it started (a lost host)."""
     state = status(name)
     host = state.host(host_name)
     if host.head:
         raise FleetError(f"host {host_name} is the head: stopping it ends the cluster (numasweep fleet down)")
+    t0 = time.monotonic()
     n = _kill_host(host)
     state = state.with_host(replace(host, pid=None))
     fleet_state.save(state)
     say(f"fleet {name}: host {host_name} stopped ({n} process(es) killed)")
+    if wait:  # the head's health check takes its time; until then the node counts as alive
+        _until(lambda: not _host_nodes(state, host_name), 120, f"the head to see host {host_name} gone")
+        say(f"fleet {name}: the head marked {host_name} dead after {time.monotonic() - t0:.0f} s")
 
 
 def start_host(name: str, host_name: str, say: Callable[[str], None] = print, timeout: float = 120.0) -> None:
@@ -394,9 +399,13 @@ def start_host(name: str, host_name: str, say: Callable[[str], None] = print, ti
         raise FleetError(f"host {host_name} is running (pid {host.pid})")
     if host.head:
         raise FleetError(f"host {host_name} is the head: bring the whole fleet down and up again")
+    old = set(_host_nodes(state, host_name))
+    if old:
+        raise FleetError(f"host {host_name} is still alive in the head's view (node {sorted(old)[0][:8]}); "
+                         "wait for the head to mark it dead")
     state = _start(state, host)
     fleet_state.save(state)
-    _wait_nodes(state, 0, timeout, host=host_name)
+    _until(lambda: bool(_host_nodes(state, host_name)), timeout, f"host {host_name} registered with the head")
     say(f"fleet {name}: host {host_name} is back (pid {state.host(host_name).pid})")
 
 
@@ -411,15 +420,20 @@ def down(name: str, say: Callable[[str], None] = print) -> bool:
     for host in reversed(state.hosts):  # workers first, head last
         killed += _kill_host(host)
     killed += _kill_marked(FLEET_ENV, state.workdir)  # e.g. a job driver that left its host's group
-    removed = []
+    removed, problems = [], []
     for host in state.hosts:
-        if host.namespace and netns.remove_namespace(host.namespace):
-            removed.append(host.namespace)
-        if host.veth:
-            netns.remove_link(host.veth)
+        try:
+            if host.namespace and netns.remove_namespace(host.namespace):
+                removed.append(host.namespace)
+            if host.veth:
+                netns.remove_link(host.veth)
+        except netns.NetnsError as exc:  # keep going: everything else must still go
+            problems.append(str(exc))
     if state.bridge and netns.remove_link(state.bridge):
         removed.append(state.bridge)
     shutil.rmtree(state.workdir, ignore_errors=True)
+    if problems:  # keep the state file: `down` again retries what is left
+        raise FleetError(f"fleet {name}: down incomplete: {'; '.join(problems)}")
     fleet_state.remove(name)
     say(f"fleet {name}: down ({killed} process(es) stopped"
         + (f"; removed {', '.join(removed)}" if removed else "") + f"; removed {state.workdir})")
@@ -450,11 +464,17 @@ def _kill_host(host: FleetHost) -> int:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+    """Whether a process of group ``pgid`` still runs (zombies waiting for their reaper do not)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
 
 
 def _kill(pid: int) -> int:

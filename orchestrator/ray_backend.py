@@ -198,10 +198,11 @@ def check_client(address: str, timeout: float = 10.0) -> None:
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNAUTHENTICATED:
+                why = "the token given is wrong" if token else "no token given" + (
+                    " (RAY_AUTH_MODE is 'disabled')" if os.environ.get("RAY_AUTH_MODE", "") == "disabled" else "")
                 raise ClusterError(
-                    f"--address {address}: refused: {'the token given is wrong' if token else 'no token given'} "
-                    "(this cluster uses Ray token auth: set RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN, e.g. from "
-                    "`numasweep fleet token`)") from None
+                    f"--address {address}: refused: {why}; this cluster uses Ray token auth: set RAY_AUTH_MODE=token "
+                    "and RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN (e.g. from `numasweep fleet token`)") from None
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise ClusterError(f"--address {address}: no Ray Client server answers there "
                                    f"({exc.details()})") from None
@@ -331,7 +332,11 @@ class RayExecutor:
         agents = [HostAgent.options(scheduling_strategy=_on_node(n["NodeID"])).remote() for n in nodes]
         self._actors += agents
         out = []
-        for info in ray.get([a.describe.remote() for a in agents]):
+        for node, ref in zip(nodes, [a.describe.remote() for a in agents]):
+            try:  # a node that dies before it answers is not a host of this run
+                info = _get(ref, node["NodeID"], node["NodeManagerAddress"])
+            except HostLost:
+                continue
             out.append(HostInfo(key=info["node_id"], profile=HostProfile.from_json(info["profile"]),
                                 labels=info["labels"], simulated=info["simulated"],
                                 real_cpus=tuple(info["real_cpus"]), real_nodes=tuple(info["real_nodes"]),
@@ -349,7 +354,7 @@ class RayExecutor:
             out = {}
             for host, ref in zip(hosts, refs):
                 try:
-                    out[host.key] = _get(ref, host)
+                    out[host.key] = _get(ref, host.key, host.profile.name)
                 except HostLost as exc:
                     out[host.key] = [{"model": m[1], "path": m[0], "error": str(exc)} for m in models]
             return out
@@ -392,14 +397,14 @@ def _cpulist(text: str | None) -> tuple[int, ...]:
     return tuple(parse_cpulist(text)) if text else ()
 
 
-def _get(ref, host: HostInfo):
+def _get(ref, node_id: str, name: str):
     """ray.get that notices a node gone from the cluster instead of waiting for it forever."""
     while True:
         try:
             return ray.get(ref, timeout=LIVENESS_S)
         except ray.exceptions.GetTimeoutError:
-            if not _alive(host.key):
-                raise HostLost(f"Ray node {host.key[:8]} ({host.profile.name}) left the cluster") from None
+            if not _alive(node_id):
+                raise HostLost(f"Ray node {node_id[:8]} ({name}) left the cluster") from None
 
 
 class _RaySlot:
@@ -411,9 +416,9 @@ class _RaySlot:
 
     def run(self, job: Job) -> Iterator[dict]:
         try:
-            _get(self.actor.start.remote(job), self.host)
+            _get(self.actor.start.remote(job), self.host.key, self.host.profile.name)
             while True:
-                rows, done = _get(self.actor.take.remote(TAKE_S), self.host)
+                rows, done = _get(self.actor.take.remote(TAKE_S), self.host.key, self.host.profile.name)
                 yield from rows
                 if done:
                     return
