@@ -258,8 +258,11 @@ def _start(state: FleetState, host: FleetHost, housekeeping: set[int] | None = N
     preexec = (lambda: os.sched_setaffinity(0, hk)) if hk else None  # Ray's processes inherit it
     log = open(host.log, "ab")
     try:
+        # cwd: the host's own directory, so that `python -m orchestrator...` in its workers finds the
+        # installed package, never a checkout that happens to be the caller's current directory.
         proc = subprocess.Popen(list(host.argv), env=_process_env(host), stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec,
+                                cwd=Path(host.home).parent)
     finally:
         log.close()
     host = replace(host, pid=proc.pid)
@@ -332,7 +335,7 @@ def _mode_line(state: FleetState) -> str:
     if state.mode == "netns":
         return (f"fleet {state.name}: {len(state.hosts)} simulated host(s), each in its own network namespace "
                 f"on bridge {state.bridge} ({state.subnet}; this machine is {state.gateway})")
-    return (f"fleet {state.name}: network namespaces unavailable ({state.reason}): falling back to loopback; "
+    return (f"fleet {state.name}: loopback, no network namespaces ({state.reason}); "
             f"{len(state.hosts)} simulated host(s) share this machine's network stack, told apart by labels and "
             "ports, and Ray's servers listen on all of this machine's interfaces (the token guards them)")
 

@@ -82,13 +82,20 @@ def _embedded_env() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _cluster_env() -> None:
-    """A coordinator of a real cluster: none of the embedded Ray's settings, whoever set them."""
+def _driver_for(node_ip: str) -> None:
+    """Make this driver find the local raylet at ``node_ip``, whatever this process's environment says.
+
+    Ray turns 127.0.0.1 into the machine's outward address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+    was read at import: a node started on loopback (the embedded setting) needs the flag off, a node
+    of a real cluster needs it on. The variable itself leaves this process's environment, so nothing
+    started from here inherits it."""
+    import ipaddress
+
     from ray._private import ray_constants
 
     for k in EMBEDDED_ENV:
         os.environ.pop(k, None)
-    ray_constants.ENABLE_RAY_CLUSTER = not ray_constants.IS_WINDOWS_OR_OSX
+    ray_constants.ENABLE_RAY_CLUSTER = not ipaddress.ip_address(node_ip).is_loopback
 
 
 def start_local(*, num_cpus: int | None = None, temp_dir: str | None = None, object_store_mb: int = 96,
@@ -122,7 +129,6 @@ def connect(address: str | None) -> str | None:
     only from a node of the cluster: elsewhere Ray waits for a local raylet that never comes, so
     that is refused at once, saying how to run instead. Returns a line to show (whose token), if any.
     """
-    _cluster_env()
     note = cluster_auth.apply(address)
     _reload_auth()
     if address and address.startswith("ray://"):
@@ -132,9 +138,10 @@ def connect(address: str | None) -> str | None:
         except ConnectionError as exc:
             raise ClusterError(f"--address {address}: Ray Client did not connect ({exc})") from None
     elif address and address not in ("auto", "local"):
-        check_on_node(address)
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
+        node_ip = check_on_node(address)
+        _driver_for(node_ip)
+        ray.init(address=address, _node_ip_address=node_ip, logging_level=logging.WARNING)
+    else:  # inside a Ray Job or on a node: the environment the node gave us is the right one
         ray.init(address="auto", logging_level=logging.WARNING)
     return note
 
@@ -160,8 +167,9 @@ def _how_to(address: str) -> str:
             f"http://{host}:8265), or use Ray Client (--address ray://{host}:10001)")
 
 
-def check_on_node(address: str) -> None:
-    """Refuse a GCS address unless a raylet of that cluster runs here with an address of this host."""
+def check_on_node(address: str) -> str:
+    """The node IP of a raylet of the cluster at GCS ``address`` running here, with an address of this
+    host (network namespace); refused when there is none."""
     import psutil
 
     host, port = _split(address)
@@ -177,7 +185,7 @@ def check_on_node(address: str) -> None:
         gcs_host, _, gcs_port = args.get("--gcs-address", "").rpartition(":")
         node_ip = args.get("--node_ip_address", args.get("--node-ip-address"))
         if gcs_port == str(port) and node_ip in local and (gcs_host in gcs_ips or gcs_ips <= local):
-            return
+            return node_ip
     raise ClusterError(f"--address {address}: this machine is not a node of that Ray cluster (no raylet of it "
                        f"runs here), so a coordinator here cannot join it by its GCS address: {_how_to(address)}")
 
