@@ -385,7 +385,7 @@ def stop_host(name: str, host_name: str, say: Callable[[str], None] = print, wai
     if host.head:
         raise FleetError(f"host {host_name} is the head: stopping it ends the cluster (numasweep fleet down)")
     t0 = time.monotonic()
-    n = _kill_host(host)
+    n = _kill_host(host, grace=0)
     state = state.with_host(replace(host, pid=None))
     fleet_state.save(state)
     say(f"fleet {name}: host {host_name} stopped ({n} process(es) killed)")
@@ -443,16 +443,17 @@ def down(name: str, say: Callable[[str], None] = print) -> bool:
     return True
 
 
-def _kill_host(host: FleetHost) -> int:
-    """SIGTERM the node's process group, then SIGKILL what is left of it, its namespace and its marker."""
+def _kill_host(host: FleetHost, grace: float = 2.0) -> int:
+    """SIGTERM the node's process group (none with ``grace`` 0: a host that crashes), then SIGKILL what
+    is left of it, of its namespace and of its environment marker."""
     n = 0
     if host.pid and _pid_alive(host.pid):
         try:
-            os.killpg(host.pid, signal.SIGTERM)
+            os.killpg(host.pid, signal.SIGTERM if grace else signal.SIGKILL)
             n += 1
         except (ProcessLookupError, PermissionError):
             pass
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline and _group_alive(host.pid):
             time.sleep(0.1)
         try:

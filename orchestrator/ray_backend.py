@@ -133,10 +133,14 @@ def connect(address: str | None) -> str | None:
     _reload_auth()
     if address and address.startswith("ray://"):
         check_client(address)
-        try:
-            ray.init(address=address, logging_level=logging.WARNING)
-        except ConnectionError as exc:
-            raise ClusterError(f"--address {address}: Ray Client did not connect ({exc})") from None
+        for attempt in (1, 2):  # the head's per-client server now and then fails to start: once more
+            try:
+                ray.init(address=address, logging_level=logging.WARNING)
+                break
+            except ConnectionError as exc:
+                if attempt == 2:
+                    raise ClusterError(f"--address {address}: Ray Client did not connect "
+                                       f"({' '.join(str(exc).split())[-300:]})") from None
     elif address and address not in ("auto", "local"):
         node_ip = check_on_node(address)
         _driver_for(node_ip)
