@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from orchestrator import fleet_state, netns
+from orchestrator import fleet_state, netns, procs
 from orchestrator.fleet_state import FleetError, FleetHost, FleetState
 from orchestrator.isolation import HOUSEKEEPING_ENV, SLOT_CPUS_ENV
 from orchestrator.model_identity import HOME_ENV
@@ -51,7 +51,12 @@ FLEET_LABEL = "numasweep-fleet"
 FLEET_ENV = "NUMASWEEP_FLEET_DIR"
 # Settings made for the embedded single-node Ray only; a cluster node must never inherit them.
 EMBEDDED_ONLY_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",)
-NETNS_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
+# Every port fixed, as the README's "Running on a real cluster" recommends (a firewall can then
+# open exactly these): in its own namespace each host has them all to itself.
+NODE_PORTS = {"node_manager": 6800, "object_manager": 6801, "metrics": 6802, "agent_http": 52365,
+              "agent_grpc": 6803, "runtime_env": 6804}
+HEAD_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
+WORKER_PORTS = (10002, 10999)
 
 
 def _now() -> str:
@@ -115,7 +120,7 @@ def up(profiles: list[str], *, name: str = "default", use_netns: bool | None = N
                              namespace=link.namespace if link else None, veth=link.veth if link else None,
                              temp_dir=str(hdir / "ray"), sim_root=str(materialize(prof, hdir / "sysfs")),
                              home=str(hdir / "home"), log=str(hdir / "ray.log"), num_cpus=len(prof.cpus),
-                             ports=dict(NETNS_PORTS) if link else _loopback_ports(i == 0))
+                             ports=_netns_ports(i == 0) if link else _loopback_ports(i == 0))
             host = replace(host, argv=tuple(_node_argv(host, state, name)),
                            env=_node_env(host, state, slot_cpus))
             Path(host.home).mkdir(parents=True)
@@ -197,10 +202,12 @@ def _fmt(cpus: set[int] | None) -> str | None:
     return format_cpulist(sorted(cpus)) if cpus else None
 
 
+def _netns_ports(head: bool) -> dict:
+    return {**NODE_PORTS, **(HEAD_PORTS if head else {})}
+
+
 def _loopback_ports(head: bool) -> dict:
-    names = ["node_manager", "object_manager", "metrics", "agent_http", "agent_grpc", "runtime_env"]
-    if head:
-        names += ["gcs", "dashboard", "client"]
+    names = list(NODE_PORTS) + (list(HEAD_PORTS) if head else [])
     return dict(zip(names, free_ports(len(names))))
 
 
@@ -228,11 +235,12 @@ def _node_argv(host: FleetHost, state: FleetState, fleet: str) -> list[str]:
     else:
         head = state.head
         argv += [f"--address={head.address}:{head.ports['gcs']}"]
-    if state.mode == "loopback":  # one network stack: every port explicit and distinct
-        argv += [f"--node-manager-port={p['node_manager']}", f"--object-manager-port={p['object_manager']}",
-                 f"--metrics-export-port={p['metrics']}", f"--dashboard-agent-listen-port={p['agent_http']}",
-                 f"--dashboard-agent-grpc-port={p['agent_grpc']}", f"--runtime-env-agent-port={p['runtime_env']}",
-                 "--min-worker-port=0", "--max-worker-port=0"]
+    argv += [f"--node-manager-port={p['node_manager']}", f"--object-manager-port={p['object_manager']}",
+             f"--metrics-export-port={p['metrics']}", f"--dashboard-agent-listen-port={p['agent_http']}",
+             f"--dashboard-agent-grpc-port={p['agent_grpc']}", f"--runtime-env-agent-port={p['runtime_env']}"]
+    # One network stack shared by every node (loopback): workers take ports the kernel gives them.
+    lo, hi = WORKER_PORTS if state.mode == "netns" else (0, 0)
+    argv += [f"--min-worker-port={lo}", f"--max-worker-port={hi}"]
     return netns.exec_argv(host.namespace, argv) if host.namespace else argv
 
 
@@ -344,7 +352,7 @@ def describe(state: FleetState) -> list[str]:
     lines = [_mode_line(state)]
     for h in state.hosts:
         where = f"netns {h.namespace}" if h.namespace else "loopback"
-        alive = "up" if _pid_alive(h.pid) else "DOWN"
+        alive = "up" if procs.pid_alive(h.pid) else "DOWN"
         lines.append(f"  {h.name:<24} {'head' if h.head else 'node':<4} {h.address:<15} {where:<16} "
                      f"{h.num_cpus:>4} CPUs  pid {h.pid}  {alive}")
     lines += [f"isolation: {state.isolation}",
@@ -360,21 +368,6 @@ def status(name: str) -> FleetState:
     if state is None:
         raise FleetError(f"no fleet {name!r} is up (numasweep fleet up --simulate PROFILE,...)")
     return state
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (reaped by nobody yet) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # -- stop / start one host (host loss and return) ------------------------------------
@@ -398,7 +391,7 @@ def start_host(name: str, host_name: str, say: Callable[[str], None] = print, ti
     """Start a stopped host again (same namespace, profile and labels; a new Ray node id)."""
     state = status(name)
     host = state.host(host_name)
-    if _pid_alive(host.pid):
+    if procs.pid_alive(host.pid):
         raise FleetError(f"host {host_name} is running (pid {host.pid})")
     if host.head:
         raise FleetError(f"host {host_name} is the head: bring the whole fleet down and up again")
@@ -422,7 +415,7 @@ def down(name: str, say: Callable[[str], None] = print) -> bool:
     killed = 0
     for host in reversed(state.hosts):  # workers first, head last
         killed += _kill_host(host)
-    killed += _kill_marked(FLEET_ENV, state.workdir)  # e.g. a job driver that left its host's group
+    killed += procs.kill_marked(FLEET_ENV, state.workdir)  # e.g. a job driver that left its host's group
     removed, problems = [], []
     for host in state.hosts:
         try:
@@ -447,14 +440,14 @@ def _kill_host(host: FleetHost, grace: float = 2.0) -> int:
     """SIGTERM the node's process group (none with ``grace`` 0: a host that crashes), then SIGKILL what
     is left of it, of its namespace and of its environment marker."""
     n = 0
-    if host.pid and _pid_alive(host.pid):
+    if host.pid and procs.pid_alive(host.pid):
         try:
             os.killpg(host.pid, signal.SIGTERM if grace else signal.SIGKILL)
             n += 1
         except (ProcessLookupError, PermissionError):
             pass
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _group_alive(host.pid):
+        while time.monotonic() < deadline and procs.group_alive(host.pid):
             time.sleep(0.1)
         try:
             os.killpg(host.pid, signal.SIGKILL)
@@ -462,48 +455,6 @@ def _kill_host(host: FleetHost, grace: float = 2.0) -> int:
             pass
     if host.namespace:
         for pid in netns.namespace_pids(host.namespace):
-            n += _kill(pid)
-    n += _kill_marked(HOME_ENV, host.home)
+            n += procs.kill(pid)
+    n += procs.kill_marked(HOME_ENV, host.home)
     return n
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (zombies waiting for their reaper do not)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
-
-
-def _kill(pid: int) -> int:
-    try:
-        os.kill(pid, signal.SIGKILL)
-        return 1
-    except (ProcessLookupError, PermissionError):
-        return 0
-
-
-def marked_pids(key: str, value: str) -> list[int]:
-    """PIDs whose environment has ``key=value`` (the fleet's own markers; never anyone else's)."""
-    want = f"{key}={value}".encode()
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if want in env.split(b"\0"):
-            out.append(int(entry.name))
-    return out
-
-
-def _kill_marked(key: str, value: str) -> int:
-    return sum(_kill(pid) for pid in marked_pids(key, value))

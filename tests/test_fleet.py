@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import fleet, fleet_state, netns
+from orchestrator import fleet, fleet_state, netns, procs
 from orchestrator.store import Store
 
 REASON = netns.unavailable()
@@ -47,7 +47,7 @@ def fleet3(tmp_path_factory):
         if state is not None:  # down left nothing behind
             assert not {h.namespace for h in state.hosts} & netns.namespaces()
             assert not Path(state.workdir).exists()
-            assert not fleet.marked_pids(fleet.FLEET_ENV, state.workdir)
+            assert not procs.marked_pids(fleet.FLEET_ENV, state.workdir)
 
 
 def numasweep(*args, cwd, env=None, timeout=240):
@@ -142,7 +142,7 @@ def test_client_and_node_without_the_token_are_refused(fleet3, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        for pid in fleet.marked_pids("NUMASWEEP_INTRUDER", str(temp)):
+        for pid in procs.marked_pids("NUMASWEEP_INTRUDER", str(temp)):
             os.kill(pid, signal.SIGKILL)
     assert proc.returncode != 0 and "AuthenticationError" in out, out[-2000:]
     assert len(fleet.alive_nodes(fleet3)) == 3

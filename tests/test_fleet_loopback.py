@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hostprofiles.cpulist import format_cpulist
-from orchestrator import fleet, fleet_state
+from orchestrator import fleet, fleet_state, procs
 from orchestrator.store import Store
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow,
@@ -43,7 +43,7 @@ def loop(tmp_path_factory):
         else:
             os.environ["NUMASWEEP_STATE_DIR"] = old
         if state is not None:
-            assert not Path(state.workdir).exists() and not fleet.marked_pids(fleet.FLEET_ENV, state.workdir)
+            assert not Path(state.workdir).exists() and not procs.marked_pids(fleet.FLEET_ENV, state.workdir)
 
 
 def affinity(pid: int) -> str | None:
@@ -63,7 +63,7 @@ def test_loopback_fallback_says_so_and_labels_hosts(loop):
     nodes = fleet.alive_nodes(state)
     assert sorted(n["labels"][fleet.HOST_LABEL] for n in nodes) == sorted(PROFILES)
     # Ray's own processes were started on the housekeeping CPU
-    pids = fleet.marked_pids(fleet.FLEET_ENV, state.workdir)
+    pids = procs.marked_pids(fleet.FLEET_ENV, state.workdir)
     assert pids and {affinity(p) for p in pids} - {None} == {str(HK)}
 
 
@@ -76,7 +76,7 @@ def test_slots_run_off_the_housekeeping_cpu_and_the_run_records_it(loop, tmp_pat
 
     def watch_actors():  # the worker actors, while they work
         while not done.is_set():
-            for pid in fleet.marked_pids(fleet.FLEET_ENV, state.workdir):
+            for pid in procs.marked_pids(fleet.FLEET_ENV, state.workdir):
                 try:
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
                 except OSError:
