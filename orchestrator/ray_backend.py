@@ -31,6 +31,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -54,6 +55,7 @@ MAX_RESTARTS = 3
 EMBEDDED_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 TAKE_S = 1.0        # a worker actor's take() waits this long for rows before answering
 LIVENESS_S = 5.0    # a call unanswered this long makes the coordinator ask whether the node lives
+NODE_VERDICT_S = 30.0  # Ray's default health check declares a silent node dead after ~15-20 s
 
 
 class ClusterError(NumasweepError):
@@ -441,9 +443,29 @@ class _RaySlot:
         except ray.exceptions.ActorUnschedulableError as exc:
             raise HostLost(f"Ray node {self.host.key[:8]} ({self.host.profile.name}) is gone: {exc}") from None
         except ray.exceptions.RayError as exc:  # actor died / unavailable, object lost with its node
-            if not _alive(self.host.key):
+            # Unavailable (not dead): its node may be gone, which the head learns only after its health
+            # check gives up; wait for that verdict rather than retrying on a dead node.
+            wait = NODE_VERDICT_S if isinstance(exc, ray.exceptions.ActorUnavailableError) else 0
+            if self._node_gone(wait):
                 raise HostLost(f"Ray node {self.host.key[:8]} ({self.host.profile.name}) left the cluster") from None
             raise WorkerLost(f"slot {self.slot.name}: worker actor died ({type(exc).__name__})") from None
+
+    def _node_gone(self, wait: float) -> bool:
+        """True once the cluster counts the node dead; False as soon as the (restarted) actor answers,
+        or if the node still counts alive after ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            if not _alive(self.host.key):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            try:
+                ray.get(self.actor.pid.remote(), timeout=1.0)
+                return False
+            except ray.exceptions.GetTimeoutError:
+                pass
+            except ray.exceptions.RayError:
+                time.sleep(1.0)
 
     def close(self) -> None:
         ray.kill(self.actor)
