@@ -130,9 +130,12 @@ def up(profiles: list[str], *, name: str = "default", use_netns: bool | None = N
         state = _start(state, state.head, hk)
         fleet_state.save(state)
         _wait_head(state, ready_timeout)
-        for h in state.hosts[1:]:
-            state = _start(state, h, hk)
-            fleet_state.save(state)
+        started = []
+        for h in state.hosts[1:]:  # the workers join together
+            state, proc, offset = _launch(state, h, hk)
+            started.append((h.name, proc, offset))
+        for hname, proc, offset in started:
+            _wait_started(state.host(hname), proc, offset)
         _wait_nodes(state, len(state.hosts), ready_timeout)
     except BaseException:
         say(f"fleet {name}: start failed; removing what was made")
@@ -262,9 +265,19 @@ def _process_env(host: FleetHost) -> dict:
 
 def _start(state: FleetState, host: FleetHost, housekeeping: set[int] | None = None) -> FleetState:
     """Launch the host's `ray start --block` in its own process group; wait for its 'started' line."""
+    state, proc, offset = _launch(state, host, housekeeping)
+    _wait_started(state.host(host.name), proc, offset)
+    return state
+
+
+def _launch(state: FleetState, host: FleetHost,
+            housekeeping: set[int] | None = None) -> tuple[FleetState, subprocess.Popen, int]:
+    """Start the node; returns the state with its PID, the process and where its output starts in
+    the host's log (a restart appends to it)."""
     hk = housekeeping if housekeeping is not None else _parse(state.housekeeping)
     preexec = (lambda: os.sched_setaffinity(0, hk)) if hk else None  # Ray's processes inherit it
     log = open(host.log, "ab")
+    offset = log.tell()
     try:
         # cwd: the host's own directory, so that `python -m orchestrator...` in its workers finds the
         # installed package, never a checkout that happens to be the caller's current directory.
@@ -273,14 +286,19 @@ def _start(state: FleetState, host: FleetHost, housekeeping: set[int] | None = N
                                 cwd=Path(host.home).parent)
     finally:
         log.close()
-    host = replace(host, pid=proc.pid)
-    state = state.with_host(host)
+    state = state.with_host(replace(host, pid=proc.pid))
     fleet_state.save(state)
-    deadline = time.monotonic() + 120
+    return state, proc, offset
+
+
+def _wait_started(host: FleetHost, proc: subprocess.Popen, offset: int, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
     while True:
-        text = Path(host.log).read_text(errors="replace")
+        with open(host.log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
         if "Ray runtime started" in text:
-            return state
+            return
         if proc.poll() is not None or time.monotonic() > deadline:
             tail = " | ".join(text.strip().splitlines()[-3:])
             raise FleetError(f"host {host.name}: `ray start` {'exited' if proc.poll() is not None else 'timed out'}"
@@ -355,6 +373,13 @@ def describe(state: FleetState) -> list[str]:
         alive = "up" if procs.pid_alive(h.pid) else "DOWN"
         lines.append(f"  {h.name:<24} {'head' if h.head else 'node':<4} {h.address:<15} {where:<16} "
                      f"{h.num_cpus:>4} CPUs  pid {h.pid}  {alive}")
+    if procs.pid_alive(state.head.pid):
+        try:
+            seen = {n["labels"].get(HOST_LABEL) for n in alive_nodes(state)}
+            lines.append(f"the head counts {len(seen & {h.name for h in state.hosts})} of {len(state.hosts)} "
+                         "host(s) alive")
+        except (OSError, ValueError):
+            lines.append(f"the head's API at {state.dashboard_url} does not answer")
     lines += [f"isolation: {state.isolation}",
               f"token:  {state.token_path} (numasweep fleet token --name {state.name})",
               f"run:    numasweep run SPEC --address {state.run_address}",

@@ -96,15 +96,20 @@ def create_host(tag: str, index: int, bridge: str, subnet: ipaddress.IPv4Network
         raise NetnsError(f"subnet {subnet} has no address for host {index}")
     address, gateway = str(hosts[index + 1]), str(hosts[0])
     _ip("netns", "add", ns)
-    _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
-    _ip("link", "set", peer, "netns", ns)
-    _ip("-n", ns, "link", "set", peer, "name", "eth0")
-    _ip("-n", ns, "addr", "add", f"{address}/{subnet.prefixlen}", "dev", "eth0")
-    _ip("-n", ns, "link", "set", "lo", "up")
-    _ip("-n", ns, "link", "set", "eth0", "up")
-    _ip("-n", ns, "route", "add", "default", "via", gateway)
-    _ip("link", "set", veth, "master", bridge)
-    _ip("link", "set", veth, "up")
+    try:
+        _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+        _ip("link", "set", peer, "netns", ns)
+        _ip("-n", ns, "link", "set", peer, "name", "eth0")
+        _ip("-n", ns, "addr", "add", f"{address}/{subnet.prefixlen}", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        _ip("-n", ns, "route", "add", "default", "via", gateway)
+        _ip("link", "set", veth, "master", bridge)
+        _ip("link", "set", veth, "up")
+    except NetnsError:  # not recorded yet: undo here what this call made
+        _ip("netns", "del", ns, check=False)
+        _ip("link", "del", veth, check=False)
+        raise
     return HostLink(namespace=ns, veth=veth, address=address)
 
 
