@@ -4,9 +4,11 @@
   store, its own temp dir); ``connect(address)`` joins an existing cluster. These
   are the only places that call ``ray.init``; the caller decides which.
 - ``RayExecutor`` is the coordinator's executor: one host agent actor per Ray node
-  (node-affinity scheduling) reports that node's host profile; one worker actor per
-  placement slot, requesting the slot's CPU count so Ray never oversubscribes a
-  node, streams rows back from ``SlotWorker`` (a Ray streaming generator).
+  (node-affinity scheduling) reports that node's host profile, isolation facts and
+  model identities; one worker actor per placement slot, requesting the slot's CPU
+  count so Ray never oversubscribes a node, runs ``SlotWorker`` in a thread and hands
+  rows over as the coordinator pulls them (``start`` / ``take``: works through Ray
+  Client too, which has no streaming generators).
 - Ray's failures become the plain faults of ``orchestrator.jobs``: a dead actor or
   engine process is ``WorkerLost`` (re-run), a node that left the cluster is
   ``HostLost`` (the run ends partial).
@@ -16,9 +18,11 @@ or label ``numasweep-profile=<saved profile name>`` reports that profile (marked
 simulated); its slots are pinned onto this machine's real CPUs.
 
 Environment: settings made for the embedded Ray (loopback only) are applied while it
-starts and to its processes alone; ``connect()`` clears them, so a coordinator or a
-node of a real cluster never inherits them (one of them forbids multi-node clusters).
-A cluster address of a local fleet brings that fleet's token (``cluster_auth``).
+starts and to its processes alone, never to a cluster's nodes or coordinators (one of
+them forbids multi-node clusters). ``connect()`` to a GCS address drops them from this
+process and follows the local raylet's address instead; inside a Ray Job the node's
+environment stands. A cluster address of a local fleet brings that fleet's token
+(``cluster_auth``).
 """
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ REPLAY = '[sweep]\nc = 512\nub = 256\ntg = 32\n[backend]\nkind = "replay"\ndelay
          '[placement]\npolicy = "whole-host"\n'
 
 
-def test_fleet_hosts_have_their_own_network_stacks(fleet3):
+def test_fleet_hosts_have_their_own_network_stacks(fleet3, tmp_path):
     assert fleet3.mode == "netns"
     assert {h.namespace for h in fleet3.hosts} <= netns.namespaces()
     addrs = [h.address for h in fleet3.hosts]
@@ -75,6 +75,13 @@ def test_fleet_hosts_have_their_own_network_stacks(fleet3):
     # every node's processes live in that node's namespace
     for h in fleet3.hosts:
         assert h.pid in netns.namespace_pids(h.namespace)
+    # the CLI prints the same addresses and the token
+    st = numasweep("fleet", "status", "--name", fleet3.name, "--address", cwd=tmp_path, timeout=60)
+    assert st.returncode == 0 and st.stdout.strip().splitlines()[-1] == fleet3.run_address, st.stdout + st.stderr
+    assert "the head counts 3 of 3 host(s) alive" in st.stdout
+    tok = numasweep("fleet", "token", "--name", fleet3.name, cwd=tmp_path, timeout=60)
+    assert tok.stdout.strip() == Path(fleet3.token_path).read_text().strip()
+    assert oct(Path(fleet3.token_path).stat().st_mode & 0o777) == "0o600"
 
 
 def test_run_from_outside_the_fleet_with_the_printed_address(fleet3, tmp_path):
