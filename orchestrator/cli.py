@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "engine.cli",
     "orchestrator.cli_host",
     "orchestrator.cli_run",
+    "orchestrator.cli_fleet",
     "orchestrator.cli_store",
     "orchestrator.cli_share",
 )

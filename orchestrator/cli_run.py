@@ -59,7 +59,9 @@ def _executor(args: argparse.Namespace, spec: SweepSpec):
     address = args.address or spec.address
     local = None
     if address or os.environ.get("RAY_ADDRESS"):  # inside a Ray Job the cluster is given
-        ray_backend.connect(address)
+        note = ray_backend.connect(address)
+        if note:
+            print(note, file=sys.stderr)
     else:
         local = ray_backend.start_local(dashboard=args.dashboard)
         if local.dashboard_url:
@@ -214,10 +216,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 # -- Ray Jobs ------------------------------------------------------------------
 def _client(address: str):
-    from orchestrator import ray_backend  # importing it also quiets Ray's auth reminder for the job client
+    from orchestrator import cluster_auth
+
+    note = cluster_auth.apply(address)  # before Ray is imported: it reads the token mode then
+    if note:
+        print(note, file=sys.stderr)
+    from orchestrator import ray_backend
 
     try:
         return ray_backend.job_client(address)
+    except PermissionError as exc:
+        raise RunError(f"{address}: refused: {exc} (this cluster uses Ray token auth: set RAY_AUTH_MODE=token and "
+                       "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)") from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RunError(f"no Ray job server at {address}: {str(exc).splitlines()[0]}") from None
 

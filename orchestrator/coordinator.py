@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 from engine.progress import row_stats
-from orchestrator.builds import package_version, git_commit
+from orchestrator import host_checks
+from orchestrator.builds import git_commit, package_version
+from orchestrator.cpuguard import CpuGuard
 from orchestrator.errors import NumasweepError, StoreError
 from orchestrator.jobs import HostInfo, HostLost, Job, JobFailed, SlotConfig, WorkerLost
-from orchestrator.plan import Plan, SlotPlan, build_plan
+from orchestrator.plan import Plan, SlotPlan, build_plan, host_names, model_refs, select_hosts
 from orchestrator.point import Point, canonical_json, point_key, settings_key_for
 from orchestrator.progress import ProgressEvent, settings_in_words, varying_keys
 from orchestrator.spec import SpecError, SweepSpec
@@ -73,21 +75,30 @@ def run_sweep(spec: SweepSpec, executor: Executor, store: Store | str | Path, *,
     ``store`` is a Store or a path; a path is opened (created) only once the plan holds.
     """
     say = progress or (lambda _line: None)
-    plan = build_plan(spec, executor.hosts(), models_dir or Path(spec.store).parent / "models")
-    if any(b.kind != "replay" for b in spec.builds):  # replay reads no model
+    models_dir = models_dir or Path(spec.store).parent / "models"
+    hosts = select_hosts(spec, executor.hosts())
+    names = host_names(hosts)
+    build_plan(spec, hosts, models_dir, names)  # the whole plan holds before any host is asked anything
+    # Model bytes per host: a host with other bytes (or none) is left out, one line each.
+    needs_models = any(b.kind != "replay" for b in spec.builds)
+    hosts, names, checks = host_checks.verify_models(executor, hosts, names, model_refs(spec, models_dir),
+                                                     needs_models, say)
+    plan = build_plan(spec, hosts, models_dir, names)
+    checks.update(host_checks.isolation_record([(sp.host, sp.host_name, sp.slot) for sp in plan.slots]))
+    if needs_models:
         ensure_models(plan)
     own = not isinstance(store, Store)
     db = Store.open(store) if own else store
     try:
-        return _run(spec, plan, executor, db, run_id, say, max_attempts)
+        return _run(spec, plan, executor, db, run_id, say, max_attempts, checks)
     finally:
         if own:
             db.close()
 
 
 def _run(spec: SweepSpec, plan: Plan, executor: Executor, store: Store, run_id: int | None,
-         say: Callable[[str], None], max_attempts: int) -> RunResult:
-    run_id, host_ids = record_run(store, spec, plan, run_id)
+         say: Callable[[str], None], max_attempts: int, checks: dict) -> RunResult:
+    run_id, host_ids = record_run(store, spec, plan, run_id, checks)
     states = pending(store, run_id, plan, host_ids)
     expected = sum(len(st.left) for st in states)
     n_hosts = len({sp.host.key for sp in plan.slots})
@@ -112,8 +123,10 @@ def _run(spec: SweepSpec, plan: Plan, executor: Executor, store: Store, run_id: 
     return RunResult(run_id, status, stored, expected, tuple(missing), note)
 
 
-def record_run(store: Store, spec: SweepSpec, plan: Plan, run_id: int | None) -> tuple[int, dict[str, int]]:
-    """Hosts and the run in the store (a resumed run is marked running again)."""
+def record_run(store: Store, spec: SweepSpec, plan: Plan, run_id: int | None,
+               checks: dict | None = None) -> tuple[int, dict[str, int]]:
+    """Hosts and the run in the store (a resumed run is marked running again). ``checks``: what
+    the hosts reported before the run (model identity, isolation), kept in the run's settings."""
     host_ids = {}
     for sp in plan.slots:
         if sp.host.key not in host_ids:
@@ -125,7 +138,7 @@ def record_run(store: Store, spec: SweepSpec, plan: Plan, run_id: int | None) ->
         run_id = store.create_run(
             settings={"models": [m.name for m in plan.models], "placement": spec.placement.policy,
                       "builds": [b.name for b in spec.builds], "repetitions": spec.repetitions,
-                      "jobs": len(plan.jobs), "spec_dir": spec.base},
+                      "jobs": len(plan.jobs), "spec_dir": spec.base, **(checks or {})},
             spec=spec.source, label=spec.label, version=package_version(), git_commit=git_commit())
     else:
         store.set_run_status(run_id, "running")
@@ -157,8 +170,9 @@ def dispatch(executor: Executor, store: Store, run_id: int, states: list[_JobSta
     for st in states:
         by_slot.setdefault((st.sp.host.key, st.sp.slot.name), []).append(st)
     events: queue.Queue = queue.Queue()
+    guard = CpuGuard()  # simulated hosts mapped onto the same real CPUs take turns
     threads = [threading.Thread(target=_slot_loop, args=(executor, sts[0].sp, [s.job for s in sts], events,
-                                                         max_attempts), daemon=True)
+                                                         max_attempts, guard), daemon=True)
                for sts in by_slot.values()]
     for t in threads:
         t.start()
@@ -247,7 +261,8 @@ def describe_job(job: Job) -> str:
                                             "k_repack", "mla", "fmoe"))
 
 
-def _slot_loop(executor: Executor, sp: SlotPlan, jobs: list[Job], events: queue.Queue, max_attempts: int) -> None:
+def _slot_loop(executor: Executor, sp: SlotPlan, jobs: list[Job], events: queue.Queue, max_attempts: int,
+               guard: CpuGuard) -> None:
     """One thread per slot: its jobs in order; WorkerLost is retried, HostLost ends the slot."""
     slot = None
     try:
@@ -256,8 +271,9 @@ def _slot_loop(executor: Executor, sp: SlotPlan, jobs: list[Job], events: queue.
             for attempt in range(1, max_attempts + 1):
                 events.put(("start", job, attempt))
                 try:
-                    for ev in slot.run(job):
-                        events.put(("row", job, ev))
+                    with guard.hold(sp.host.machine or sp.host.key, sp.slot.cpus):
+                        for ev in slot.run(job):
+                            events.put(("row", job, ev))
                     break
                 except WorkerLost as exc:
                     kind = "retry" if attempt < max_attempts else "failed"

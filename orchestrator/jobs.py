@@ -7,7 +7,7 @@ coordinator can decide what to re-run without knowing about Ray.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from orchestrator.builds import BuildSpec
 from orchestrator.spec import EngineSettings
@@ -67,6 +67,9 @@ class HostInfo:
     simulated: bool
     real_cpus: tuple[int, ...]     # CPUs this host's processes may really use
     real_nodes: tuple[int, ...]    # memory nodes that really exist there
+    machine: str = ""              # the real machine (boot id); "" = unknown, assume its own
+    housekeeping: tuple[int, ...] = ()  # CPUs reserved for Ray's processes, left out of slots
+    isolation: dict = field(default_factory=dict)  # orchestrator.isolation.facts() of the node
 
 
 # -- faults ------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hostprofiles.errors import ProfileError
 from orchestrator.jobs import HostInfo, Job, SlotConfig
@@ -16,8 +17,7 @@ from orchestrator.point import canonical_json
 from orchestrator.spec import SpecError, SweepSpec
 
 
-@dataclass(frozen=True)
-class ModelRef:
+class ModelRef(NamedTuple):
     path: str                  # GGUF path (synthetic ones under the store's models/)
     name: str
     shape: str | None = None   # synthetic: generated from (shape, seed) where missing
@@ -54,9 +54,10 @@ def model_refs(spec: SweepSpec, models_dir: Path) -> tuple[ModelRef, ...]:
 
 
 def _real(host: HostInfo, cpus, nodes) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """A simulated host's CPUs / memory nodes mapped onto this machine's (id modulo count)."""
+    """A simulated host's CPUs / memory nodes mapped onto this machine's (id modulo count); a real
+    host's CPUs less its housekeeping CPUs (orchestrator.isolation)."""
     if not host.simulated:
-        return tuple(cpus), tuple(nodes)
+        return tuple(c for c in cpus if c not in host.housekeeping), tuple(nodes)
     rc, rn = host.real_cpus, host.real_nodes or (0,)
     return (tuple(sorted({rc[c % len(rc)] for c in cpus})),
             tuple(sorted({rn[n % len(rn)] for n in nodes})))
@@ -72,6 +73,9 @@ def plan_slots(host: HostInfo, spec: SweepSpec) -> list[SlotConfig]:
     slots = []
     for pl in placements:
         cpus, nodes = _real(host, pl.cpus, pl.mem_nodes)
+        if not cpus:
+            raise SpecError(f"placement on host {host.profile.name}: slot {pl.name} has no CPU left outside the "
+                            f"housekeeping CPUs {list(host.housekeeping)}")
         threads = min(pl.threads, len(cpus))
         record = pl.to_json()
         if host.simulated:
@@ -110,12 +114,17 @@ def plan_jobs(spec: SweepSpec, host: HostInfo, slot: SlotConfig, models, start: 
     return jobs
 
 
+HOST_LABEL = "numasweep-host"  # a node's own stable name (a fleet's hosts carry it): survives restarts
+
+
 def host_names(hosts: list[HostInfo]) -> list[str]:
-    """Profile names (hostnames when detected); repeated ones (simulated nodes) get their node key."""
+    """The node's host label, else profile names (hostnames when detected); repeated ones (simulated
+    nodes) get their node key."""
+    base = [h.labels.get(HOST_LABEL) or h.profile.name for h in hosts]
     count: dict[str, int] = {}
-    for h in hosts:
-        count[h.profile.name] = count.get(h.profile.name, 0) + 1
-    return [h.profile.name if count[h.profile.name] == 1 else f"{h.profile.name}@{h.key[:8]}" for h in hosts]
+    for b in base:
+        count[b] = count.get(b, 0) + 1
+    return [b if count[b] == 1 else f"{b}@{h.key[:8]}" for b, h in zip(base, hosts)]
 
 
 def select_hosts(spec: SweepSpec, hosts: list[HostInfo]) -> list[HostInfo]:
@@ -127,13 +136,14 @@ def select_hosts(spec: SweepSpec, hosts: list[HostInfo]) -> list[HostInfo]:
     return chosen
 
 
-def build_plan(spec: SweepSpec, hosts: list[HostInfo], models_dir: Path) -> Plan:
-    """The whole run's plan; SpecError if any part of it cannot run."""
-    chosen = select_hosts(spec, hosts)
+def build_plan(spec: SweepSpec, hosts: list[HostInfo], models_dir: Path, names: list[str] | None = None) -> Plan:
+    """The whole run's plan on ``hosts`` (already selected when ``names`` are given); SpecError if
+    any part of it cannot run."""
+    chosen = hosts if names is not None else select_hosts(spec, hosts)
     models = model_refs(spec, models_dir)
     slots: list[SlotPlan] = []
     n = 0
-    for host, name in zip(chosen, host_names(chosen)):
+    for host, name in zip(chosen, names if names is not None else host_names(chosen)):
         for slot in plan_slots(host, spec):
             jobs = plan_jobs(spec, host, slot, models, n)
             n += len(jobs)

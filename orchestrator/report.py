@@ -290,12 +290,15 @@ def _host_bandwidth(host: dict | None, points: list[dict]) -> tuple[float, str] 
     bw = (host["profile"].get("mem_bandwidth_gbs") or {}).get("local")
     if not bw:
         return None
-    mems = {p.get("verified_mems") for p in points if p.get("verified_mems")}
-    n_nodes = 1
+    # The host's own nodes (a simulated host's planned ones; verified_mems holds this machine's,
+    # as "policy:nodes", e.g. "bind:0-2").
+    mems = {tuple((p.get("placement") or {}).get("mem_nodes") or ())
+            or (p["verified_mems"].rpartition(":")[2],) for p in points if p.get("verified_mems")}
     if len(mems) == 1:
         from hostprofiles import parse_cpulist
 
-        n_nodes = max(1, len(parse_cpulist(mems.pop())))
+        nodes = mems.pop()
+        n_nodes = max(1, len(nodes) if isinstance(nodes[0], int) else len(parse_cpulist(nodes[0])))
         return bw * n_nodes, f"{bw:g} GB/s per node × {n_nodes} node(s) bound"
     return bw, f"{bw:g} GB/s (one node; memory binding not recorded)"
 

@@ -23,6 +23,7 @@ from orchestrator import backends, pin
 from orchestrator.errors import NumasweepError
 from orchestrator.builds import BuildError, identity_of
 from orchestrator.jobs import Job, JobFailed, SlotConfig, WorkerLost
+from orchestrator.model_identity import local_model_path
 from orchestrator.point import normalize_settings
 
 
@@ -84,7 +85,10 @@ class SlotWorker:
     def run(self, job: Job) -> Iterator[dict]:
         """Yield one event per measured row: {row, verified_cpus, verified_mems, noise, pid, build_identity}."""
         if job.build.kind != "replay":
-            ensure_model(job.model, job.model_shape, job.model_seed)
+            # A synthetic model lives in this host's own directory when it has one (model_identity).
+            local = local_model_path(job.model, job.model_shape, job.model_seed)
+            ensure_model(local, job.model_shape, job.model_seed)
+            job = dataclasses.replace(job, model=local)
         backend = backends.get(job.build.kind)
         slot = self.slot
         if slot.simulated:  # a simulated 128-core slot runs on the few real CPUs it is mapped to

@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 if [ "${CI:-}" = "true" ] && ! command -v chromium >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium install failed" >&2
 fi
-export RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0  # the embedded Ray keeps itself on 127.0.0.1
 set +e
 .venv/bin/python -m pytest -q "$@"
 rc=$?

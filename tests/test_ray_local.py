@@ -9,8 +9,8 @@ import tempfile
 import threading
 import time
 
-for _k, _v in (("RAY_AUTH_MODE", "disabled"), ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
-               ("RAY_USAGE_STATS_ENABLED", "0")):
+# No RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER here: start_local() keeps the embedded Ray on loopback by itself.
+for _k, _v in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0")):
     os.environ.setdefault(_k, _v)
 
 import psutil  # noqa: E402
