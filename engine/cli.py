@@ -14,9 +14,10 @@ import sys
 from engine import _numba
 from engine.errors import EngineError
 from engine.model import load_model, stderr_log
-from engine.q8_0_r8 import K_REPACK_MODES
+from engine.options import K_REPACK_MODES
+from engine.shapes import ALL_SHAPES, WTYPES
 from engine.sweep import TABLE_HEADER, TABLE_RULE, SweepConfig, format_jsonl, main_line, sweep
-from engine.synth import ALL_SHAPES, WTYPES, make_model
+from engine.synth import make_model
 
 OUTPUT_FORMATS = ("md", "table", "jsonl")
 
@@ -85,7 +86,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        log=info)
     c = model.config
     info(f"model: {c.name} arch={c.arch} params={model.n_params / 1e6:.1f}M "
-         f"size={model.size_bytes / 2**20:.1f} MiB type={_weight_types(model)} "
+         f"size={model.size_bytes / 2**20:.1f} MiB type={model.weight_types()} "
          f"layers={c.n_layer} heads={c.n_head}/{c.n_head_kv} head_dim={c.head_dim} vocab={c.n_vocab} "
          f"(loaded in {model.load_seconds:.2f} s)")
     info(f"engine: n_ctx={cfg.n_ctx} ubatch={cfg.n_ubatch} tg={cfg.tg} threads={model.n_threads} "
@@ -101,13 +102,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for row in sweep(model, cfg):
         print(format_jsonl(model, cfg, row) if jsonl else row.table_line(), flush=True)
     return 0
-
-
-def _weight_types(model) -> str:
-    if hasattr(model, "weight_types"):          # MoE / deepseek2 models name their own
-        return model.weight_types()
-    kinds = sorted({w.source_type for L in model.weights.layers for w in (L.wq, L.w_up, L.w_down)})
-    return "+".join(kinds)
 
 
 def cmd_make_model(args: argparse.Namespace) -> int:
