@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import EngineError
-from engine.layout import q8_0_row_bytes
+from engine.layout import QK8_0, q8_0_row_bytes
 from engine.options import KV_TYPES
 from engine.quant import f32_to_f16, quantize_q8_0
 
@@ -92,7 +92,7 @@ class KVCache(PositionBook):
         for flag, t, hd in (("-ctk", self.type_k, self.head_dim_k), ("-ctv", self.type_v, self.head_dim_v)):
             if t not in KV_TYPES:
                 raise EngineError(f"{flag}: unknown cache type {t!r} (allowed: {', '.join(KV_TYPES)})")
-            if t == "q8_0" and hd % 32:
+            if t == "q8_0" and hd % QK8_0:
                 raise EngineError(f"{flag} q8_0 needs a head size that is a multiple of 32, got {hd}")
         if not self.k:
             self.k = [alloc_rows(self.type_k, self.n_ctx, self.n_kv_head * self.head_dim_k)

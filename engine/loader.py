@@ -32,7 +32,7 @@ from engine.metadata import tensor_name
 from engine.quant import quantize_q8_0
 from engine.tensors import Experts, Weight
 
-FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
+FLOAT_TENSOR_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
 
 
 class TensorLoader:
@@ -103,7 +103,7 @@ class TensorLoader:
             return Weight("q8_0", np.asarray(t.data).reshape(n_out, -1), n_out, n_in, ttype.name)
         self._check_type(t)
         dense = self._dense(t)
-        if ttype in FLOAT_TYPES:
+        if ttype in FLOAT_TENSOR_TYPES:
             return Weight("f32", np.ascontiguousarray(dense), n_out, n_in, ttype.name)
         return Weight("q8_0", self._q8_0(t, dense, n_in), n_out, n_in, ttype.name)
 
@@ -119,7 +119,7 @@ class TensorLoader:
                            ttype.name)
         self._check_type(t)
         dense = self._dense(t)                       # (n_expert*n_out, n_in)
-        if ttype in FLOAT_TYPES:
+        if ttype in FLOAT_TENSOR_TYPES:
             return Experts("f32", np.ascontiguousarray(dense).reshape(n_expert, n_out, n_in),
                            n_expert, n_out, n_in, ttype.name)
         return Experts("q8_0", self._q8_0(t, dense, n_in).reshape(n_expert, n_out, -1), n_expert, n_out, n_in,
