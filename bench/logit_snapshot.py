@@ -189,25 +189,33 @@ def run_matrix(args, out: Path, baseline: Path | None) -> int:
     return fails
 
 
+# Facts whose definition may change on purpose (reported, not failures); any other metadata
+# difference (vocabulary, cache size, weight bytes per token, scratch, a load error) fails.
+INFORMATIONAL = ("n_params",)
+
+
 def _compare_model(name, arrays, metas, baseline: Path, base_metas: dict | None, tol: float) -> int:
     f = baseline / f"{name}.npz"
     if base_metas is None or not f.exists():
         print(f"{name}: not in the baseline ({len(metas)} runs, new)")
         return 0
     base = np.load(f)
-    worst, identical, fails, n = 0.0, 0, 0, 0
+    worst, identical, fails, n, notes = 0.0, 0, 0, 0, set()
     for key, meta in metas.items():
         bm = base_metas.get(key)
         if bm is None:
             print(f"  {name} [{key}]: not in the baseline")
             continue
         n += 1
-        if meta != bm:
-            fails += 1
-            print(f"  FAIL {name} [{key}]: metadata {meta} != baseline {bm}")
-            continue
-        if "error" in meta:
-            identical += 1
+        for k in sorted(set(meta) | set(bm)):
+            if meta.get(k) != bm.get(k):
+                if k in INFORMATIONAL:
+                    notes.add(f"{k} {bm.get(k)} -> {meta.get(k)}")
+                else:
+                    fails += 1
+                    print(f"  FAIL {name} [{key}]: {k} = {meta.get(k)!r}, baseline {bm.get(k)!r}")
+        if "error" in meta or "error" in bm:
+            identical += meta.get("error") == bm.get("error")
             continue
         a, b = arrays[key], base[key]
         if a.shape != b.shape:
@@ -223,8 +231,9 @@ def _compare_model(name, arrays, metas, baseline: Path, base_metas: dict | None,
     missing = sorted(set(base_metas) - set(metas))
     if missing:
         print(f"  {name}: {len(missing)} baseline runs no longer in the matrix")
+    note = f"; note: {', '.join(sorted(notes))}" if notes else ""
     print(f"{name}: {n} runs, {identical} bit-identical, worst max|d|/max|logit| {worst:.3e}, "
-          f"{fails} above {tol:g}", end="", flush=True)
+          f"{fails} above {tol:g}{note}", end="", flush=True)
     return fails
 
 

@@ -152,6 +152,8 @@ def _base(m: Meta, *, neox: bool, eps_default: float = 1e-5, **over) -> dict:
                         "(its default) is odd: RoPE rotates pairs")
     scaling = m.str(R.SCALING_TYPE, "none", choices=over.pop("scalings", ("none", "linear", "yarn")))
     factor = m.float(R.SCALING_FACTOR, 1.0, lo=0.0, hi=1e6, lo_open=True)
+    if scaling == "yarn" and factor < 1.0:
+        raise m.fail(R.SCALING_FACTOR, factor, "must be >= 1 with YaRN scaling (it extends the context)")
     n_ctx_train = m.int(K.CONTEXT_LENGTH, 0, lo=0, hi=MAX_CTX)
     n_ctx_orig = m.int(R.SCALING_ORIG_CTX_LEN, 0, lo=0, hi=MAX_CTX) or n_ctx_train
     if scaling == "yarn" and n_ctx_orig == 0:
@@ -163,7 +165,7 @@ def _base(m: Meta, *, neox: bool, eps_default: float = 1e-5, **over) -> dict:
                n_embd=n_embd, n_layer=m.int(K.BLOCK_COUNT, hi=MAX_LAYERS), n_head=n_head, n_head_kv=n_head_kv,
                head_dim=head_dim,
                rms_eps=m.float(A.LAYERNORM_RMS_EPS, eps_default, lo=0.0, hi=1.0, lo_open=True),
-               rope_freq_base=m.float(R.FREQ_BASE, 10000.0, lo=0.0, hi=1e12, lo_open=True), n_rot=n_rot,
+               rope_freq_base=m.float(R.FREQ_BASE, 10000.0, lo=1.0, hi=1e12, lo_open=True), n_rot=n_rot,
                rope_neox=neox, rope_scaling=scaling, rope_freq_scale=1.0 / factor if scaling != "none" else 1.0,
                rope_n_ctx_orig=n_ctx_orig, n_ctx_train=n_ctx_train, file_type=file_type)
     cfg.update(over)
@@ -234,7 +236,7 @@ def _gemma3(m: Meta) -> ModelConfig:
                        embd_scale=math.sqrt(cfg["n_embd"]), attn_scale=scale,
                        final_logit_softcap=m.float(K.FINAL_LOGIT_SOFTCAPPING, 0.0, lo=0.0, hi=1e6),
                        sliding_window=window, swa_layers=tuple((il + 1) % pattern != 0 for il in range(n_layer)),
-                       rope_freq_base_swa=m.float(R.FREQ_BASE_SWA, 10000.0, lo=0.0, hi=1e12, lo_open=True))
+                       rope_freq_base_swa=m.float(R.FREQ_BASE_SWA, 10000.0, lo=1.0, hi=1e12, lo_open=True))
 
 
 def _deepseek2(m: Meta) -> ModelConfig:
