@@ -20,6 +20,12 @@ Gemma 270M run a pruned matrix (repack modes only where they can apply). The sca
 kernels (NUMASWEEP_SIMD=scalar) are recorded too, on the small models, in a child
 process (the SIMD path is chosen when engine is imported).
 
+Kernels are compiled afresh (a temporary NUMBA_CACHE_DIR, unless --use-cache or the
+variable is set): numba's cached build of the fastmath parallel gated-FFN kernel
+(``engine.ops._gated_q8_par``) gives other last bits than a fresh compile, which Gemma
+3 270M amplifies to ~1e-2 of max|logit|, so a recording and a comparison must be built
+the same way.
+
 Everything goes through ``engine.load_model`` and ``Model.eval`` / ``kv_truncate`` only,
 so the same script runs on both sides of a refactoring. Models are generated (or
 assembled) once into --models (default /tmp/numasweep-snapshot-models).
@@ -30,8 +36,10 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -246,8 +254,20 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="skip the 1-GB shapes and Gemma 270M")
     ap.add_argument("--tol", type=float, default=1e-6)
     ap.add_argument("--no-scalar", action="store_true", help="skip the scalar-kernel pass")
+    ap.add_argument("--use-cache", action="store_true", help="use numba's kernel cache (see the docstring)")
     ap.add_argument("--scalar", action="store_true", help=argparse.SUPPRESS)   # the child's pass
     args = ap.parse_args(argv)
+    own_cache = not args.use_cache and "NUMBA_CACHE_DIR" not in os.environ
+    if own_cache:                       # before engine imports numba
+        os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="logit-snapshot-numba-")
+    try:
+        return _run(args)
+    finally:
+        if own_cache:
+            shutil.rmtree(os.environ.pop("NUMBA_CACHE_DIR"), ignore_errors=True)
+
+
+def _run(args) -> int:
     root = Path(args.dir)
     sub = root / "scalar" if args.scalar else root
     fails = run_matrix(args, sub, None if args.mode == "record" else sub)
