@@ -82,8 +82,8 @@ def main(argv=None) -> int:
                        n_threads=args.threads, n_threads_batch=args.threads_batch or args.threads,
                        no_mmap=not args.mmap)
     wbytes = model.weight_bytes_per_token
-    matmul_params = sum(w.n_out * w.n_in for L in model.weights.layers
-                        for w in (L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down)) + model.weights.output.n_out * model.weights.output.n_in
+    matmul_params = model.weights.output.n_params + sum(
+        w.n_params for L in model.weights.layers for w in L.attn.matrices() + L.ffn.matrices())
     print(f"model {path.name}: {model.n_params / 1e9:.3f} B params, {wbytes / 1e9:.3f} GB of weights per "
           f"token; simd={_numba.SIMD} cpu={_numba.CPU_NAME}; threads {model.n_threads}/{model.n_threads_batch}")
     bw, bw_np = read_bandwidth(model.n_threads)

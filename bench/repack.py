@@ -37,7 +37,7 @@ from engine.kvcache import KVCache  # noqa: E402
 from engine.matmul import gemm_q8_0  # noqa: E402
 from engine.q8_0_r8 import RepackScratch, gemm_q8_0_r8, pack_q8_0_r8  # noqa: E402
 from engine.quant import quantize_q8_0  # noqa: E402
-from engine.synth import resolve_shape  # noqa: E402
+from engine.shapes import resolve_shape  # noqa: E402
 
 
 def _best(fn, reps: int) -> float:
@@ -52,7 +52,7 @@ def _best(fn, reps: int) -> float:
 
 def bench_kernels(shape: str, threads: int, ub: int, depths: list[int]) -> None:
     s = resolve_shape(shape)
-    hd = s.dim // s.heads
+    hd = s.hd
     rng = np.random.default_rng(0)
     numba.set_num_threads(threads)
     print(f"## kernels ({shape}: dim {s.dim}, ffn {s.ffn}, heads {s.heads}/{s.kv_heads}, head_dim {hd}; "

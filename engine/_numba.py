@@ -5,6 +5,16 @@ Kernels use ``NJIT`` (serial) or ``PARALLEL`` (prange over disjoint outputs).
 host has AVX2 + FMA + F16C (the intrinsics in ``_simd``), else "scalar" (plain
 numba, also the reference the SIMD path is tested against). The choice is
 recorded in every benchmark header.
+
+ISA dispatch: every kernel has one body taking a ``kind`` argument (``AVX2`` or
+``SCALAR``), a compile-time literal: bodies inlined into their entry point get it as
+a constant, the others declare ``numba.literally(kind)``. The leaf primitives in
+``engine.tiles`` are resolved on that literal when numba types the call (only the
+chosen form is compiled, so the scalar build holds no AVX2 instruction). Each
+parallel kernel has two cached entry points, one per kind, that differ only in that
+literal (numba's cache cannot hold a literal chosen at call time, and a function
+argument would make it uncacheable). ``isa(simd)`` picks the kind for a wrapper's
+``simd`` argument.
 """
 from __future__ import annotations
 
@@ -31,6 +41,14 @@ def _host_simd() -> str:
 
 
 SIMD: str = _host_simd()
+AVX2, SCALAR = 0, 1          # the literal ``kind`` of every kernel body
+
+
+def isa(simd: str | None = None) -> int:
+    """The kernel kind for a wrapper's ``simd`` argument (None = this host's SIMD)."""
+    return AVX2 if (simd or SIMD) == "avx2" else SCALAR
+
+
 CPU_NAME: str = _llvm.get_host_cpu_name()
 
 

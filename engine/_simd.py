@@ -12,7 +12,7 @@ intrinsics build the IR by hand:
   the two fp16 block scales (``vcvtph2ps`` via ``fpext half``).
 
 Every intrinsic reads raw bytes through unaligned (align 1) vector loads, because
-GGUF Q8_0 blocks are 34 bytes. Loops are emitted with allocas that LLVM's SROA
+GGUF Q8_0 blocks are 34 bytes (``engine.layout``). Loops are emitted with allocas that LLVM's SROA
 turns into registers. Only call these when ``engine._numba.SIMD == "avx2"``; the
 plain numba kernels in the calling modules are the fallback and the reference.
 """
@@ -23,51 +23,53 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_i1 = ir.IntType(1)
-_i8 = ir.IntType(8)
-_i16 = ir.IntType(16)
-_i32 = ir.IntType(32)
-_i64 = ir.IntType(64)
-_f16 = ir.HalfType()
-_f32 = ir.FloatType()
-_v32i8 = ir.VectorType(_i8, 32)
-_v16i16 = ir.VectorType(_i16, 16)
-_v8i32 = ir.VectorType(_i32, 8)
-_v8f32 = ir.VectorType(_f32, 8)
-_v8f16 = ir.VectorType(_f16, 8)
+from engine.layout import Q8_0_BYTES
 
-Q8_BLOCK_BYTES = 34  # fp16 d + 32 int8 quants; checked against gguf at import in quant.py
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I16 = ir.IntType(16)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+F16 = ir.HalfType()
+F32 = ir.FloatType()
+V32I8 = ir.VectorType(I8, 32)
+V16I16 = ir.VectorType(I16, 16)
+V8I32 = ir.VectorType(I32, 8)
+V8F32 = ir.VectorType(F32, 8)
+V8F16 = ir.VectorType(F16, 8)
+
+# IR-building helpers, shared with _simd_r8 and _simd_f32.
 
 
-def _fn(builder, name, ret, args):
+def declare(builder, name, ret, args):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
-def _data(context, builder, aryty, ary):
+def data_ptr(context, builder, aryty, ary):
     """i8* to the first byte of an array's data."""
     ptr = cgutils.create_struct_proxy(aryty)(context, builder, value=ary).data
-    return builder.bitcast(ptr, _i8.as_pointer())
+    return builder.bitcast(ptr, I8.as_pointer())
 
 
-def _i64v(context, builder, ty, val):
+def as_i64(context, builder, ty, val):
     return context.cast(builder, val, ty, types.int64)
 
 
-def _load(builder, base, off, vty):
+def load_vec(builder, base, off, vty):
     p = builder.gep(base, [off])
     return builder.load(builder.bitcast(p, vty.as_pointer()), align=1)
 
 
-def _load_f16(builder, base, off):
+def load_f16(builder, base, off):
     """f32 value of the fp16 at byte offset off (used outside hot loops)."""
-    p = builder.bitcast(builder.gep(base, [off]), _f16.as_pointer())
-    return builder.fpext(builder.load(p, align=1), _f32)
+    p = builder.bitcast(builder.gep(base, [off]), F16.as_pointer())
+    return builder.fpext(builder.load(p, align=1), F32)
 
 
-_TWO_112 = ir.Constant(_f32, 2.0 ** 112)
+TWO_112 = ir.Constant(F32, 2.0 ** 112)
 
 
-def _load_f16_raw(builder, base, off):
+def load_f16_raw(builder, base, off):
     """The fp16 at byte offset off as an f32 equal to its value * 2**-112.
 
     Shifting the fp16 exponent+mantissa into f32 position is exact for normal
@@ -76,40 +78,40 @@ def _load_f16_raw(builder, base, off):
     of a half load (vpinsrw into an "undef" register) picked a live accumulator as
     merge source and chained every block onto the previous block's FMA.
     """
-    p = builder.bitcast(builder.gep(base, [off]), _i16.as_pointer())
-    h = builder.zext(builder.load(p, align=1), _i32)
-    mag = builder.shl(builder.and_(h, ir.Constant(_i32, 0x7FFF)), ir.Constant(_i32, 13))
-    sign = builder.shl(builder.and_(h, ir.Constant(_i32, 0x8000)), ir.Constant(_i32, 16))
-    return builder.bitcast(builder.or_(mag, sign), _f32)
+    p = builder.bitcast(builder.gep(base, [off]), I16.as_pointer())
+    h = builder.zext(builder.load(p, align=1), I32)
+    mag = builder.shl(builder.and_(h, ir.Constant(I32, 0x7FFF)), ir.Constant(I32, 13))
+    sign = builder.shl(builder.and_(h, ir.Constant(I32, 0x8000)), ir.Constant(I32, 16))
+    return builder.bitcast(builder.or_(mag, sign), F32)
 
 
-def _splat8(builder, s):
-    v = builder.insert_element(ir.Constant(_v8f32, None), s, ir.Constant(_i32, 0))
-    return builder.shuffle_vector(v, v, ir.Constant(_v8i32, [0] * 8))
+def splat8(builder, s):
+    v = builder.insert_element(ir.Constant(V8F32, None), s, ir.Constant(I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(V8I32, [0] * 8))
 
 
 def _hsum8(builder, v):
     # (v0+v4, v1+v5, v2+v6, v3+v7) then pairwise: a fixed order, same on every run.
-    lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_i32, 4), [0, 1, 2, 3]))
-    hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_i32, 4), [4, 5, 6, 7]))
+    lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4), [0, 1, 2, 3]))
+    hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4), [4, 5, 6, 7]))
     s4 = builder.fadd(lo, hi)
-    a = builder.fadd(builder.extract_element(s4, ir.Constant(_i32, 0)),
-                     builder.extract_element(s4, ir.Constant(_i32, 2)))
-    b = builder.fadd(builder.extract_element(s4, ir.Constant(_i32, 1)),
-                     builder.extract_element(s4, ir.Constant(_i32, 3)))
+    a = builder.fadd(builder.extract_element(s4, ir.Constant(I32, 0)),
+                     builder.extract_element(s4, ir.Constant(I32, 2)))
+    b = builder.fadd(builder.extract_element(s4, ir.Constant(I32, 1)),
+                     builder.extract_element(s4, ir.Constant(I32, 3)))
     return builder.fadd(a, b)
 
 
-class _Avx2:
+class Avx2:
     """Handles on the AVX2 intrinsics inside one function being built."""
 
     def __init__(self, builder):
         self.b = builder
-        self.psign = _fn(builder, "llvm.x86.avx2.psign.b", _v32i8, [_v32i8, _v32i8])
-        self.maddubs = _fn(builder, "llvm.x86.avx2.pmadd.ub.sw", _v16i16, [_v32i8, _v32i8])
-        self.maddwd = _fn(builder, "llvm.x86.avx2.pmadd.wd", _v8i32, [_v16i16, _v16i16])
-        self.fma = _fn(builder, "llvm.fma.v8f32", _v8f32, [_v8f32, _v8f32, _v8f32])
-        self.ones16 = ir.Constant(_v16i16, [1] * 16)
+        self.psign = declare(builder, "llvm.x86.avx2.psign.b", V32I8, [V32I8, V32I8])
+        self.maddubs = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", V16I16, [V32I8, V32I8])
+        self.maddwd = declare(builder, "llvm.x86.avx2.pmadd.wd", V8I32, [V16I16, V16I16])
+        self.fma = declare(builder, "llvm.fma.v8f32", V8F32, [V8F32, V8F32, V8F32])
+        self.ones16 = ir.Constant(V16I16, [1] * 16)
 
     def dot_block_f32(self, absx, x, w):
         """8 x f32 partial sums of w.x for one 32-quant block (|x| precomputed)."""
@@ -117,14 +119,14 @@ class _Avx2:
         sw = b.call(self.psign, [w, x])
         p16 = b.call(self.maddubs, [absx, sw])
         p32 = b.call(self.maddwd, [p16, self.ones16])
-        return b.sitofp(p32, _v8f32)
+        return b.sitofp(p32, V8F32)
 
 
-def _arr_u8(ty):
+def is_u8_array(ty):
     return isinstance(ty, types.Array) and ty.dtype == types.uint8 and ty.ndim == 1
 
 
-def _arr_f32(ty):
+def is_f32_array(ty):
     return isinstance(ty, types.Array) and ty.dtype == types.float32 and ty.ndim == 1
 
 
@@ -140,52 +142,52 @@ def _make_q8_tile(R: int, C: int):
 
     @intrinsic
     def tile(typingctx, out, out_off, out_cstride, w, w_off, w_rstride, x, x_off, x_cstride, nb):
-        if not (_arr_f32(out) and _arr_u8(w) and _arr_u8(x)):
+        if not (is_f32_array(out) and is_u8_array(w) and is_u8_array(x)):
             return None
         sig = types.void(out, out_off, out_cstride, w, w_off, w_rstride, x, x_off, x_cstride, nb)
 
         def codegen(context, builder, signature, args):
             (a_out, a_oo, a_ocs, a_w, a_wo, a_wrs, a_x, a_xo, a_xcs, a_nb) = args
             st = signature.args
-            po = builder.bitcast(_data(context, builder, st[0], a_out), _f32.as_pointer())
-            pw = _data(context, builder, st[3], a_w)
-            px = _data(context, builder, st[6], a_x)
-            oo = _i64v(context, builder, st[1], a_oo)
-            ocs = _i64v(context, builder, st[2], a_ocs)
-            wo = _i64v(context, builder, st[4], a_wo)
-            wrs = _i64v(context, builder, st[5], a_wrs)
-            xo = _i64v(context, builder, st[7], a_xo)
-            xcs = _i64v(context, builder, st[8], a_xcs)
-            nblk = _i64v(context, builder, st[9], a_nb)
-            avx = _Avx2(builder)
-            accs = [[cgutils.alloca_once_value(builder, ir.Constant(_v8f32, [0.0] * 8))
+            po = builder.bitcast(data_ptr(context, builder, st[0], a_out), F32.as_pointer())
+            pw = data_ptr(context, builder, st[3], a_w)
+            px = data_ptr(context, builder, st[6], a_x)
+            oo = as_i64(context, builder, st[1], a_oo)
+            ocs = as_i64(context, builder, st[2], a_ocs)
+            wo = as_i64(context, builder, st[4], a_wo)
+            wrs = as_i64(context, builder, st[5], a_wrs)
+            xo = as_i64(context, builder, st[7], a_xo)
+            xcs = as_i64(context, builder, st[8], a_xcs)
+            nblk = as_i64(context, builder, st[9], a_nb)
+            avx = Avx2(builder)
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(V8F32, [0.0] * 8))
                      for _ in range(C)] for _ in range(R)]
-            wrow = [builder.add(wo, builder.mul(wrs, ir.Constant(_i64, r))) for r in range(R)]
-            xrow = [builder.add(xo, builder.mul(xcs, ir.Constant(_i64, c))) for c in range(C)]
+            wrow = [builder.add(wo, builder.mul(wrs, ir.Constant(I64, r))) for r in range(R)]
+            xrow = [builder.add(xo, builder.mul(xcs, ir.Constant(I64, c))) for c in range(C)]
             with cgutils.for_range(builder, nblk) as loop:
-                boff = builder.mul(loop.index, ir.Constant(_i64, Q8_BLOCK_BYTES))
+                boff = builder.mul(loop.index, ir.Constant(I64, Q8_0_BYTES))
                 xs, axs, dxs = [], [], []
                 for c in range(C):
                     xb = builder.add(xrow[c], boff)
-                    xq = _load(builder, px, builder.add(xb, ir.Constant(_i64, 2)), _v32i8)
+                    xq = load_vec(builder, px, builder.add(xb, ir.Constant(I64, 2)), V32I8)
                     xs.append(xq)
                     axs.append(builder.call(avx.psign, [xq, xq]))
                     # d_x * 2**112, so that raw(d_w) * it == d_w * d_x
-                    dxs.append(builder.fmul(builder.fmul(_load_f16_raw(builder, px, xb), _TWO_112), _TWO_112))
+                    dxs.append(builder.fmul(builder.fmul(load_f16_raw(builder, px, xb), TWO_112), TWO_112))
                 for r in range(R):
                     wb = builder.add(wrow[r], boff)
-                    wq = _load(builder, pw, builder.add(wb, ir.Constant(_i64, 2)), _v32i8)
-                    dw = _load_f16_raw(builder, pw, wb)
+                    wq = load_vec(builder, pw, builder.add(wb, ir.Constant(I64, 2)), V32I8)
+                    dw = load_f16_raw(builder, pw, wb)
                     for c in range(C):
                         pf = avx.dot_block_f32(axs[c], xs[c], wq)
-                        s = _splat8(builder, builder.fmul(dw, dxs[c]))
+                        s = splat8(builder, builder.fmul(dw, dxs[c]))
                         acc = builder.load(accs[r][c])
                         builder.store(builder.call(avx.fma, [pf, s, acc]), accs[r][c])
             for r in range(R):
                 for c in range(C):
                     total = _hsum8(builder, builder.load(accs[r][c]))
-                    idx = builder.add(builder.add(oo, builder.mul(ocs, ir.Constant(_i64, c))),
-                                      ir.Constant(_i64, r))
+                    idx = builder.add(builder.add(oo, builder.mul(ocs, ir.Constant(I64, c))),
+                                      ir.Constant(I64, r))
                     builder.store(total, builder.gep(po, [idx]))
             return context.get_dummy_value()
 
@@ -207,27 +209,27 @@ q8_tile_1x1 = _make_q8_tile(1, 1)
 @intrinsic
 def f16_to_f32(typingctx, dst, dst_off, src, src_off, n):
     """dst[dst_off:dst_off+n] = f32(src half bits at byte offset src_off), 8 at a time."""
-    if not (_arr_f32(dst) and _arr_u8(src)):
+    if not (is_f32_array(dst) and is_u8_array(src)):
         return None
     sig = types.void(dst, dst_off, src, src_off, n)
 
     def codegen(context, builder, signature, args):
         st = signature.args
-        pd = builder.bitcast(_data(context, builder, st[0], args[0]), _f32.as_pointer())
-        ps = _data(context, builder, st[2], args[2])
-        do = _i64v(context, builder, st[1], args[1])
-        so = _i64v(context, builder, st[3], args[3])
-        cnt = _i64v(context, builder, st[4], args[4])
-        n8 = builder.sdiv(cnt, ir.Constant(_i64, 8))
+        pd = builder.bitcast(data_ptr(context, builder, st[0], args[0]), F32.as_pointer())
+        ps = data_ptr(context, builder, st[2], args[2])
+        do = as_i64(context, builder, st[1], args[1])
+        so = as_i64(context, builder, st[3], args[3])
+        cnt = as_i64(context, builder, st[4], args[4])
+        n8 = builder.sdiv(cnt, ir.Constant(I64, 8))
         with cgutils.for_range(builder, n8) as loop:
-            i = builder.mul(loop.index, ir.Constant(_i64, 8))
-            h = _load(builder, ps, builder.add(so, builder.mul(i, ir.Constant(_i64, 2))), _v8f16)
-            f = builder.fpext(h, _v8f32)
-            dp = builder.bitcast(builder.gep(pd, [builder.add(do, i)]), _v8f32.as_pointer())
+            i = builder.mul(loop.index, ir.Constant(I64, 8))
+            h = load_vec(builder, ps, builder.add(so, builder.mul(i, ir.Constant(I64, 2))), V8F16)
+            f = builder.fpext(h, V8F32)
+            dp = builder.bitcast(builder.gep(pd, [builder.add(do, i)]), V8F32.as_pointer())
             builder.store(f, dp, align=1)
-        with cgutils.for_range(builder, builder.sub(cnt, builder.mul(n8, ir.Constant(_i64, 8)))) as loop:
-            i = builder.add(builder.mul(n8, ir.Constant(_i64, 8)), loop.index)
-            v = _load_f16(builder, ps, builder.add(so, builder.mul(i, ir.Constant(_i64, 2))))
+        with cgutils.for_range(builder, builder.sub(cnt, builder.mul(n8, ir.Constant(I64, 8)))) as loop:
+            i = builder.add(builder.mul(n8, ir.Constant(I64, 8)), loop.index)
+            v = load_f16(builder, ps, builder.add(so, builder.mul(i, ir.Constant(I64, 2))))
             builder.store(v, builder.gep(pd, [builder.add(do, i)]))
         return context.get_dummy_value()
 
@@ -241,7 +243,7 @@ def f32_bits(typingctx, x):
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], _i32)
+        return builder.bitcast(args[0], I32)
 
     return types.uint32(x), codegen
 
@@ -253,6 +255,6 @@ def f32_from_bits(typingctx, u):
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], _f32)
+        return builder.bitcast(args[0], F32)
 
     return types.float32(u), codegen

@@ -15,7 +15,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engine._simd import _TWO_112, _data, _f32, _fn, _i64, _i64v, _load, _load_f16_raw, _splat8, _v8f32
+from engine.layout import Q8_0_BYTES
+from engine._simd import TWO_112, data_ptr, F32, declare, I64, as_i64, load_vec, load_f16_raw, splat8, V8F32
 
 
 def _arr_f32c(ty):
@@ -38,27 +39,27 @@ def _make_pv_tile(C: int, D: int):
 
         def codegen(context, builder, signature, args):
             st = signature.args
-            fptr = _f32.as_pointer()
-            pa = builder.bitcast(_data(context, builder, st[0], args[0]), fptr)
-            pp = builder.bitcast(_data(context, builder, st[3], args[3]), fptr)
-            pv_ = builder.bitcast(_data(context, builder, st[6], args[6]), fptr)
-            ao, acs, po, pcs, vo, vrs, n = (_i64v(context, builder, st[i], args[i]) for i in (1, 2, 4, 5, 7, 8, 9))
-            fma = _fn(builder, "llvm.fma.v8f32", _v8f32, [_v8f32, _v8f32, _v8f32])
+            fptr = F32.as_pointer()
+            pa = builder.bitcast(data_ptr(context, builder, st[0], args[0]), fptr)
+            pp = builder.bitcast(data_ptr(context, builder, st[3], args[3]), fptr)
+            pv_ = builder.bitcast(data_ptr(context, builder, st[6], args[6]), fptr)
+            ao, acs, po, pcs, vo, vrs, n = (as_i64(context, builder, st[i], args[i]) for i in (1, 2, 4, 5, 7, 8, 9))
+            fma = declare(builder, "llvm.fma.v8f32", V8F32, [V8F32, V8F32, V8F32])
 
             def vptr(base, idx):
-                return builder.bitcast(builder.gep(base, [idx]), _v8f32.as_pointer())
+                return builder.bitcast(builder.gep(base, [idx]), V8F32.as_pointer())
 
-            aidx = [[builder.add(builder.add(ao, builder.mul(acs, ir.Constant(_i64, c))), ir.Constant(_i64, 8 * d))
+            aidx = [[builder.add(builder.add(ao, builder.mul(acs, ir.Constant(I64, c))), ir.Constant(I64, 8 * d))
                      for d in range(D)] for c in range(C)]
             accs = [[cgutils.alloca_once_value(builder, builder.load(vptr(pa, aidx[c][d]), align=4))
                      for d in range(D)] for c in range(C)]
-            prow = [builder.add(po, builder.mul(pcs, ir.Constant(_i64, c))) for c in range(C)]
+            prow = [builder.add(po, builder.mul(pcs, ir.Constant(I64, c))) for c in range(C)]
             with cgutils.for_range(builder, n) as loop:
                 i = loop.index
                 vb = builder.add(vo, builder.mul(i, vrs))
-                vv = [builder.load(vptr(pv_, builder.add(vb, ir.Constant(_i64, 8 * d))), align=4) for d in range(D)]
+                vv = [builder.load(vptr(pv_, builder.add(vb, ir.Constant(I64, 8 * d))), align=4) for d in range(D)]
                 for c in range(C):
-                    e = _splat8(builder, builder.load(builder.gep(pp, [builder.add(prow[c], i)])))
+                    e = splat8(builder, builder.load(builder.gep(pp, [builder.add(prow[c], i)])))
                     for d in range(D):
                         builder.store(builder.call(fma, [e, vv[d], builder.load(accs[c][d])]), accs[c][d])
             for c in range(C):
@@ -90,20 +91,20 @@ def q8_0_to_f32(typingctx, dst, dst_off, src, src_off, nb):
 
     def codegen(context, builder, signature, args):
         st = signature.args
-        pd = builder.bitcast(_data(context, builder, st[0], args[0]), _f32.as_pointer())
-        ps = _data(context, builder, st[2], args[2])
-        do, so, n = (_i64v(context, builder, st[i], args[i]) for i in (1, 3, 4))
+        pd = builder.bitcast(data_ptr(context, builder, st[0], args[0]), F32.as_pointer())
+        ps = data_ptr(context, builder, st[2], args[2])
+        do, so, n = (as_i64(context, builder, st[i], args[i]) for i in (1, 3, 4))
         v8i8 = ir.VectorType(ir.IntType(8), 8)
         v8i32 = ir.VectorType(ir.IntType(32), 8)
         with cgutils.for_range(builder, n) as loop:
             b = loop.index
-            sb = builder.add(so, builder.mul(b, ir.Constant(_i64, 34)))
-            d = _splat8(builder, builder.fmul(_load_f16_raw(builder, ps, sb), _TWO_112))
+            sb = builder.add(so, builder.mul(b, ir.Constant(I64, Q8_0_BYTES)))
+            d = splat8(builder, builder.fmul(load_f16_raw(builder, ps, sb), TWO_112))
             for k in range(4):
-                q = _load(builder, ps, builder.add(sb, ir.Constant(_i64, 2 + 8 * k)), v8i8)
-                f = builder.fmul(builder.sitofp(builder.sext(q, v8i32), _v8f32), d)
-                di = builder.add(do, builder.add(builder.mul(b, ir.Constant(_i64, 32)), ir.Constant(_i64, 8 * k)))
-                builder.store(f, builder.bitcast(builder.gep(pd, [di]), _v8f32.as_pointer()), align=4)
+                q = load_vec(builder, ps, builder.add(sb, ir.Constant(I64, 2 + 8 * k)), v8i8)
+                f = builder.fmul(builder.sitofp(builder.sext(q, v8i32), V8F32), d)
+                di = builder.add(do, builder.add(builder.mul(b, ir.Constant(I64, 32)), ir.Constant(I64, 8 * k)))
+                builder.store(f, builder.bitcast(builder.gep(pd, [di]), V8F32.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return sig, codegen

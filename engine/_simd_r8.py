@@ -27,20 +27,20 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engine._simd import (_TWO_112, _Avx2, _arr_f32, _arr_u8, _data, _f32, _i32, _i64,
-                          _i64v, _load, _load_f16_raw, _splat8, _v8f16, _v8f32, _v8i32, _v32i8)
+from engine.layout import Q8_0_BYTES, R8_BLOCK_BYTES
+from engine._simd import (TWO_112, Avx2, is_f32_array, is_u8_array, data_ptr, F32, I32, I64,
+                          as_i64, load_vec, load_f16_raw, splat8, V8F16, V8F32, V8I32, V32I8)
 
-R8_BLOCK_BYTES = 8 * 34  # d[8] fp16 + qs[256]
 _MAX_C = 4
 
 
 def _bcast_dword(builder, base, off):
     """<32 x i8> holding the 4 bytes at base+off repeated 8 times (vpbroadcastd mem)."""
-    p = builder.bitcast(builder.gep(base, [off]), _i32.as_pointer())
+    p = builder.bitcast(builder.gep(base, [off]), I32.as_pointer())
     v = builder.load(p, align=1)
-    vec = builder.insert_element(ir.Constant(_v8i32, None), v, ir.Constant(_i32, 0))
-    vec = builder.shuffle_vector(vec, vec, ir.Constant(_v8i32, [0] * 8))
-    return builder.bitcast(vec, _v32i8)
+    vec = builder.insert_element(ir.Constant(V8I32, None), v, ir.Constant(I32, 0))
+    vec = builder.shuffle_vector(vec, vec, ir.Constant(V8I32, [0] * 8))
+    return builder.bitcast(vec, V32I8)
 
 
 def _make_r8_tile(C: int):
@@ -56,48 +56,48 @@ def _make_r8_tile(C: int):
 
     @intrinsic
     def tile(typingctx, out, out_off, out_cstride, w, w_off, x, x0, x1, x2, x3, nb):
-        if not (_arr_f32(out) and _arr_u8(w) and _arr_u8(x)):
+        if not (is_f32_array(out) and is_u8_array(w) and is_u8_array(x)):
             return None
         sig = types.void(out, out_off, out_cstride, w, w_off, x, x0, x1, x2, x3, nb)
 
         def codegen(context, builder, signature, args):
             st = signature.args
-            po = builder.bitcast(_data(context, builder, st[0], args[0]), _f32.as_pointer())
-            oo = _i64v(context, builder, st[1], args[1])
-            ocs = _i64v(context, builder, st[2], args[2])
-            pw = _data(context, builder, st[3], args[3])
-            wo = _i64v(context, builder, st[4], args[4])
-            px = _data(context, builder, st[5], args[5])
-            xoffs = [_i64v(context, builder, st[6 + c], args[6 + c]) for c in range(C)]
-            nblk = _i64v(context, builder, st[10], args[10])
-            avx = _Avx2(builder)
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(_v8f32, [0.0] * 8)) for _ in range(C)]
+            po = builder.bitcast(data_ptr(context, builder, st[0], args[0]), F32.as_pointer())
+            oo = as_i64(context, builder, st[1], args[1])
+            ocs = as_i64(context, builder, st[2], args[2])
+            pw = data_ptr(context, builder, st[3], args[3])
+            wo = as_i64(context, builder, st[4], args[4])
+            px = data_ptr(context, builder, st[5], args[5])
+            xoffs = [as_i64(context, builder, st[6 + c], args[6 + c]) for c in range(C)]
+            nblk = as_i64(context, builder, st[10], args[10])
+            avx = Avx2(builder)
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(V8F32, [0.0] * 8)) for _ in range(C)]
             with cgutils.for_range(builder, nblk) as loop:
-                wb = builder.add(wo, builder.mul(loop.index, ir.Constant(_i64, R8_BLOCK_BYTES)))
-                xb = [builder.add(xoffs[c], builder.mul(loop.index, ir.Constant(_i64, 34)))
+                wb = builder.add(wo, builder.mul(loop.index, ir.Constant(I64, R8_BLOCK_BYTES)))
+                xb = [builder.add(xoffs[c], builder.mul(loop.index, ir.Constant(I64, Q8_0_BYTES)))
                       for c in range(C)]
                 isum = [None] * C
                 for half in range(2):  # 4 chunks at a time: 4 w + 4 |w| live, not 16
                     ws = []
                     for j in range(4 * half, 4 * half + 4):
-                        wq = _load(builder, pw, builder.add(wb, ir.Constant(_i64, 16 + 32 * j)), _v32i8)
+                        wq = load_vec(builder, pw, builder.add(wb, ir.Constant(I64, 16 + 32 * j)), V32I8)
                         ws.append((j, wq, builder.call(avx.psign, [wq, wq])))
                     for c in range(C):
                         for j, wq, aw in ws:
-                            xj = _bcast_dword(builder, px, builder.add(xb[c], ir.Constant(_i64, 2 + 4 * j)))
+                            xj = _bcast_dword(builder, px, builder.add(xb[c], ir.Constant(I64, 2 + 4 * j)))
                             sx = builder.call(avx.psign, [xj, wq])
                             p16 = builder.call(avx.maddubs, [aw, sx])
                             p32 = builder.call(avx.maddwd, [p16, avx.ones16])
                             isum[c] = p32 if isum[c] is None else builder.add(isum[c], p32)
-                dw = builder.fpext(_load(builder, pw, wb, _v8f16), _v8f32)
+                dw = builder.fpext(load_vec(builder, pw, wb, V8F16), V8F32)
                 for c in range(C):
-                    dx = builder.fmul(_load_f16_raw(builder, px, xb[c]), _TWO_112)  # exact d_x
-                    s = builder.fmul(dw, _splat8(builder, dx))
+                    dx = builder.fmul(load_f16_raw(builder, px, xb[c]), TWO_112)  # exact d_x
+                    s = builder.fmul(dw, splat8(builder, dx))
                     acc = builder.load(accs[c])
-                    builder.store(builder.call(avx.fma, [builder.sitofp(isum[c], _v8f32), s, acc]), accs[c])
+                    builder.store(builder.call(avx.fma, [builder.sitofp(isum[c], V8F32), s, acc]), accs[c])
             for c in range(C):
-                idx = builder.add(oo, builder.mul(ocs, ir.Constant(_i64, c)))
-                dst = builder.bitcast(builder.gep(po, [idx]), _v8f32.as_pointer())
+                idx = builder.add(oo, builder.mul(ocs, ir.Constant(I64, c)))
+                dst = builder.bitcast(builder.gep(po, [idx]), V8F32.as_pointer())
                 builder.store(builder.load(accs[c]), dst, align=4)
             return context.get_dummy_value()
 

@@ -3,9 +3,12 @@
 Query i of a batch sits at absolute position pos0+i and attends to cache
 positions [0, pos0+i], or with a sliding window of w (Gemma's local layers) to
 [pos0+i-w+1, pos0+i]: llama.cpp masks kv position p for query position t when
-t - p >= w. Chunks wholly before a block's window are never read. Work items are (block of up to 8 queries, KV head): the
-queries of a block and the g = n_head/n_kv_head query heads of a GQA group share
-every K/V chunk that is loaded (and dequantized) once per item.
+t - p >= w. Chunks wholly before a block's window are never read. Work items are
+(block of up to 8 queries, KV head, group of its query heads): the queries of a block
+and the query heads of a GQA group share every K/V chunk that is loaded (and
+dequantized) once per item. Normally a group is all g = n_head/n_kv_head heads of a
+KV head; MLA's absorbed attention (engine.mla: one latent KV head shared by every
+head, V = the first values of each K row) splits them into smaller groups.
 
 * flash: positions in chunks of 64; per chunk compute scores, update the running
   max m, the running sum l and the accumulator acc (rescaled by exp(m_old-m_new));
@@ -14,12 +17,14 @@ every K/V chunk that is loaded (and dequantized) once per item.
   softmax, then the weighted sum of V (ggml's soft_max(KQ) V).
 
 K in q8_0 is dotted with Q quantized to Q8_0 (what ggml's CPU path does for a
-q8_0 cache) using the int8 tiles of ``_simd``; f16/f32 K and every V type are
-converted to f32 per chunk. With ``k_repack`` the q8_0 K view is first repacked to
+q8_0 cache) with ``engine.tiles.q8_tile``; f16/f32 K and every V type are
+converted to f32 per chunk. One body serves the AVX2 and the scalar path (the
+literal ``kind``, see engine._numba). With ``k_repack`` the q8_0 K view is first repacked to
 Q8_0_R8 (engine.q8_0_r8) and scored 8 positions per vector (flash path only).
 On AVX2 (head_dim_v % 16 == 0) the probabilities of a chunk are written back into
 the score rows (a polynomial exp that vectorizes) and P.V runs in register tiles of
 4 query columns x 16 values (engine._simd_f32); q8_0 V rows convert with an intrinsic.
+(The MLA caller keeps the plain exp and P.V loop: ``pv_tiles=False``.)
 """
 from __future__ import annotations
 
@@ -29,19 +34,17 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from engine import _numba
-from engine._numba import NJIT, PARALLEL
-from engine._simd import f16_to_f32, f32_from_bits, q8_tile_1x1, q8_tile_4x1, q8_tile_4x2
-from engine._simd_f32 import pv_tile_1x2, pv_tile_4x2, q8_0_to_f32
-from engine.kvcache import KVCache
-from engine.matmul import dot_q8_0_scalar
-from engine.q8_0_r8 import (RepackScratch, _scores_r8_avx2, _scores_r8_scalar, k_repack_applies,
-                             k_view_bytes, repack_k_view)
-from engine.quant import f16_bits_to_f32, quantize_q8_0
+from engine._numba import AVX2, NJIT, PARALLEL, SCALAR, isa
+from engine._simd import f32_from_bits
+from engine._simd_f32 import pv_tile_1x2, pv_tile_4x2
+from engine.kvcache import KV_TYPE_CODE, KVCache
+from engine.layout import Q8_0_BYTES, QK8_0
+from engine.q8_0_r8 import RepackScratch, k_repack_applies, k_view_bytes, repack_k_view, scores_r8
+from engine.quant import quantize_q8_0
+from engine.tiles import f16_row, q8_0_row, q8_tile
 
 QUERY_BLOCK = 8
 FLASH_CHUNK = 64
-_TYPE_CODE = {"f32": 0, "f16": 1, "q8_0": 2}
 
 
 @njit(inline="always", **NJIT)
@@ -91,8 +94,12 @@ def online_accumulate(s, base, lim, mx, l, acc, col, vbuf):
 
 
 @njit(**NJIT)
-def _scores_q8_avx2(s, CH, kb, krow, khead_off, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow):
-    # s[col*CH + p] = K[p0+p] . Q[col]; column col = (query col//g, group head col%g)
+def scores_q8(kind, s, CH, kb, krow, khead_off, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow):
+    """s[col*CH + p] = K[p0+p] . Q[col] for p < cnt, col < ncol: column col = (query col//g,
+    head col%g of the item). K rows (flat Q8_0 bytes kb, krow bytes per position) start at
+    khead_off; Q rows (flat qq) at q0_off + query*qrow + head*qhb; qhb bytes per head."""
+    numba.literally(kind)
+    nb = qhb // Q8_0_BYTES
     p = 0
     while p < cnt:
         four = p + 4 <= cnt
@@ -103,88 +110,63 @@ def _scores_q8_avx2(s, CH, kb, krow, khead_off, p0, cnt, qq, q0_off, qhb, ncol, 
             j = col - qi * g
             xo = q0_off + qi * qrow + j * qhb
             pair = (j + 1 < g) if g > 1 else (col + 1 < ncol)
-            if four and pair:
-                q8_tile_4x2(s, col * CH + p, CH, kb, kof, krow, qq, xo, cstride_pair, qhb // 34)
-                col += 2
-            elif four:
-                q8_tile_4x1(s, col * CH + p, CH, kb, kof, krow, qq, xo, cstride_pair, qhb // 34)
-                col += 1
+            if four:
+                nc = 2 if pair else 1
+                q8_tile(kind, s, col * CH + p, CH, kb, kof, krow, qq, xo, cstride_pair, nb, 4, nc)
+                col += nc
             else:
-                q8_tile_1x1(s, col * CH + p, 0, kb, kof, krow, qq, xo, 0, qhb // 34)
+                q8_tile(kind, s, col * CH + p, 0, kb, kof, krow, qq, xo, 0, nb, 1, 1)
                 col += 1
         p += 4 if four else 1
 
 
 @njit(**NJIT)
-def _scores_q8_scalar(s, CH, kb, krow, khead_off, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow):
-    for p in range(cnt):
-        kof = (p0 + p) * krow + khead_off
-        for col in range(ncol):
-            qi = col // g
-            j = col - qi * g
-            s[col * CH + p] = dot_q8_0_scalar(kb, kof, qq, q0_off + qi * qrow + j * qhb, qhb // 34)
-
-
-@njit(**NJIT)
-def _f16_run_avx2(dst, dst_off, src, src_off, n):
-    f16_to_f32(dst, dst_off, src, src_off, n)
-
-
-@njit(**NJIT)
-def _f16_run_scalar(dst, dst_off, src, src_off, n):
-    for i in range(n):
-        b = src_off + 2 * i
-        dst[dst_off + i] = f16_bits_to_f32(np.int64(src[b]) | (np.int64(src[b + 1]) << 8))
-
-
-@njit(**NJIT)
-def _rows_to_f32(avx2, af, ab, atype, row_bytes, head, hd, p0, cnt, buf):
+def _rows_to_f32(kind, af, ab, atype, row_bytes, head, hd, p0, cnt, buf):
     # buf[p*hd + d] = value d of head `head` at position p0+p; buf: flat f32
+    numba.literally(kind)
     for p in range(cnt):
         pos = p0 + p
         if atype == 0:
             for d in range(hd):
                 buf[p * hd + d] = af[pos, head * hd + d]
         elif atype == 1:
-            if avx2:
-                _f16_run_avx2(buf, p * hd, ab, pos * row_bytes + head * hd * 2, hd)
-            else:
-                _f16_run_scalar(buf, p * hd, ab, pos * row_bytes + head * hd * 2, hd)
-        elif avx2:
-            q8_0_to_f32(buf, p * hd, ab, pos * row_bytes + head * (hd // 32) * 34, hd // 32)
+            f16_row(kind, buf, p * hd, ab, pos * row_bytes + head * hd * 2, hd)
         else:
-            base = pos * row_bytes + head * (hd // 32) * 34
-            for b in range(hd // 32):
-                o = base + b * 34
-                dd = f16_bits_to_f32(np.int64(ab[o]) | (np.int64(ab[o + 1]) << 8))
-                for t in range(32):
-                    v = np.int64(ab[o + 2 + t])
-                    if v > 127:
-                        v -= 256
-                    buf[p * hd + b * 32 + t] = dd * np.float32(v)
+            q8_0_row(kind, buf, p * hd, ab, pos * row_bytes + head * (hd // QK8_0) * Q8_0_BYTES, hd // QK8_0)
+
+
+@njit(inline="always", **NJIT)
+def _n_items(n_q, n_head, n_kv_head, gh):
+    # work items: query blocks x KV heads x groups of gh of the KV head's query heads
+    g = n_head // n_kv_head
+    return ((n_q + QUERY_BLOCK - 1) // QUERY_BLOCK) * n_kv_head * ((g + gh - 1) // gh)
 
 
 @njit(**NJIT)
-def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
-                    n_kv_head, pos0, scale, chunk, window, out):
-    # One work item (block of <= 8 queries, KV head) of the attention below. kind (a
-    # compile-time literal): 0 q8_0 K AVX2, 1 q8_0 K scalar, 2 Q8_0_R8 K AVX2, 3 R8 scalar.
-    numba.literally(kind)
-    avx2 = kind == 0 or kind == 2
+def _attention_item(kind, r8, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
+                    n_kv_head, gh, pos0, scale, chunk, window, pv_tiles, out):
+    # One work item (block of <= 8 queries, KV head, group of <= gh of its query heads).
+    # kind: the ISA literal; r8: K is a repacked Q8_0_R8 view (krow = one head's R8 bytes).
     # q: (n_q, n_head, hd) f32; qq: flat Q8_0 of q (when ktype == 2)
     # kf/vf: (n_ctx, n_kv_head*hd) f32 or dummy; kb/vb: flat cache bytes or dummy
     # out: (n_q, n_head, hdv) f32; window: sliding-window length (0 = none)
+    numba.literally(kind)
     n_q, n_head, hd = q.shape
     hdv = out.shape[2]
     g = n_head // n_kv_head
-    qhb = (hd // 32) * 34
+    ngr = (g + gh - 1) // gh
+    qhb = (hd // QK8_0) * Q8_0_BYTES
     qrow = n_head * qhb
-    cstride_pair = qhb if g > 1 else qrow
-    blk = item // n_kv_head
-    kvh = item - blk * n_kv_head
-    i0 = blk * 8
-    nqb = min(8, n_q - i0)
-    ncol = nqb * g
+    per_blk = n_kv_head * ngr
+    blk = item // per_blk
+    rem = item - blk * per_blk
+    kvh = rem // ngr
+    h0 = kvh * g + (rem - kvh * ngr) * gh
+    gi = min(gh, kvh * g + g - h0)             # query heads in this item
+    cstride_pair = qhb if gi > 1 else qrow
+    i0 = blk * QUERY_BLOCK
+    nqb = min(QUERY_BLOCK, n_q - i0)
+    ncol = nqb * gi
     n_att_max = pos0 + i0 + nqb
     # first position any query of the block may see, rounded down to 64 so the Q8_0_R8
     # view (8-position groups) and the flash chunks stay aligned
@@ -198,32 +180,28 @@ def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
     m = np.full(ncol, -np.inf, dtype=np.float32)
     l = np.zeros(ncol, dtype=np.float32)
     acc = np.zeros((ncol, hdv), dtype=np.float32)
+    tiled = kind == AVX2 and pv_tiles and hdv % 16 == 0   # P.V with register tiles (engine._simd_f32)
     for p0 in range(start, n_att_max, CH):
         cnt = min(CH, n_att_max - p0)
         if ktype == 2:
-            q0_off = i0 * qrow + kvh * g * qhb
-            if kind == 0:
-                _scores_q8_avx2(s, CH, kb, krow, kvh * qhb, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow)
-            elif kind == 1:
-                _scores_q8_scalar(s, CH, kb, krow, kvh * qhb, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow)
-            elif kind == 2:
-                _scores_r8_avx2(s, CH, kb, krow, kvh * qhb, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow)
+            q0_off = i0 * qrow + h0 * qhb
+            if r8:
+                scores_r8(kind, s, CH, kb, krow, kvh * qhb, p0, cnt, qq, q0_off, qhb, ncol, gi, cstride_pair, qrow)
             else:
-                _scores_r8_scalar(s, CH, kb, krow, kvh * qhb, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow)
+                scores_q8(kind, s, CH, kb, krow, kvh * qhb, p0, cnt, qq, q0_off, qhb, ncol, gi, cstride_pair, qrow)
         else:
-            _rows_to_f32(avx2, kf, kb, ktype, krow, kvh, hd, p0, cnt, kbuf)
+            _rows_to_f32(kind, kf, kb, ktype, krow, kvh, hd, p0, cnt, kbuf)
             for col in range(ncol):
-                qi = col // g
-                h = kvh * g + (col - qi * g)
+                qi = col // gi
+                h = h0 + (col - qi * gi)
                 for p in range(cnt):
                     a = np.float32(0.0)
                     for d in range(hd):
                         a += q[i0 + qi, h, d] * kbuf[p * hd + d]
                     s[col * CH + p] = a
-        _rows_to_f32(avx2, vf, vb, vtype, vrow, kvh, hdv, p0, cnt, vbuf)
-        tiled = avx2 and hdv % 16 == 0   # P.V with register tiles (engine._simd_f32)
+        _rows_to_f32(kind, vf, vb, vtype, vrow, kvh, hdv, p0, cnt, vbuf)
         for col in range(ncol):
-            qi = col // g
+            qi = col // gi
             lim = min(cnt, pos0 + i0 + qi + 1 - p0)  # causal: positions <= pos0+i0+qi
             lo = 0                                   # window: positions > pos0+i0+qi-window
             if window > 0:
@@ -262,46 +240,64 @@ def _attention_item(kind, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
                         pv_tile_1x2(acc, col * hdv + d0, hdv, s, col * CH, CH, vbuf, d0, hdv, cnt)
                 col += 4 if four else 1
     for col in range(ncol):
-        qi = col // g
-        h = kvh * g + (col - qi * g)
+        qi = col // gi
+        h = h0 + (col - qi * gi)
         inv = np.float32(1.0) / l[col]
         for d in range(hdv):
             out[i0 + qi, h, d] = acc[col, d] * inv
 
 
-# Cached entry points. Passing dispatchers as arguments made the kernel uncacheable
-# (a dispatcher argument is a Python-object constant: every process recompiled it,
-# ~10-30 s, and appended another cache entry); the scorer is now chosen by a literal
-# int, so each entry point compiles only its own branch (no AVX2 code in the scalar one).
+# Cached entry points, one per ISA (see engine._numba): they differ only in the literal kind.
+# (Passing the scorer or the ISA as an argument made the kernel uncacheable: every process
+# recompiled it, ~10-30 s.)
 @njit(**PARALLEL)
-def _attention_avx2(r8, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow, n_kv_head, pos0, scale, chunk, window,
-                    out):
-    # q: (n_q, n_head, hd) f32; qq: flat Q8_0 of q (when ktype == 2), krow: K row bytes
-    # (or one head's R8 matrix bytes when r8); kf/vf: (n_ctx, n_kv_head*hd) f32 or dummy;
-    # kb/vb: flat cache bytes (kb: the repacked view when r8) or dummy; out: (n_q, n_head, hdv) f32
-    for item in prange(((q.shape[0] + 7) // 8) * n_kv_head):
-        if r8:
-            _attention_item(2, item, q, qq, kf, kb, ktype, krow, vf, vb,
-                            vtype, vrow, n_kv_head, pos0, scale, chunk, window, out)
-        else:
-            _attention_item(0, item, q, qq, kf, kb, ktype, krow, vf, vb,
-                            vtype, vrow, n_kv_head, pos0, scale, chunk, window, out)
+def _attention_avx2(r8, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow, n_kv_head, gh, pos0, scale, chunk,
+                    window, pv_tiles, out):
+    for item in prange(_n_items(q.shape[0], q.shape[1], n_kv_head, gh)):
+        _attention_item(AVX2, r8, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
+                        n_kv_head, gh, pos0, scale, chunk, window, pv_tiles, out)
 
 
 @njit(**PARALLEL)
-def _attention_scalar(r8, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow, n_kv_head, pos0, scale, chunk, window,
-                      out):
-    for item in prange(((q.shape[0] + 7) // 8) * n_kv_head):
-        if r8:
-            _attention_item(3, item, q, qq, kf, kb, ktype, krow, vf, vb,
-                            vtype, vrow, n_kv_head, pos0, scale, chunk, window, out)
-        else:
-            _attention_item(1, item, q, qq, kf, kb, ktype, krow, vf, vb,
-                            vtype, vrow, n_kv_head, pos0, scale, chunk, window, out)
+def _attention_scalar(r8, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow, n_kv_head, gh, pos0, scale, chunk,
+                      window, pv_tiles, out):
+    for item in prange(_n_items(q.shape[0], q.shape[1], n_kv_head, gh)):
+        _attention_item(SCALAR, r8, item, q, qq, kf, kb, ktype, krow, vf, vb, vtype, vrow,
+                        n_kv_head, gh, pos0, scale, chunk, window, pv_tiles, out)
 
 
 _DUMMY_F = np.zeros((1, 1), dtype=np.float32)
 _DUMMY_B = np.zeros(1, dtype=np.uint8)
+
+
+def attend(q: np.ndarray, K: np.ndarray, type_k: str, V: np.ndarray, type_v: str, head_dim_v: int,
+           n_kv_head: int, pos0: int, *, flash: bool, scale: float, window: int = 0, heads_per_item: int = 0,
+           pv_tiles: bool = True, k_r8: tuple[np.ndarray, int] | None = None, simd: str | None = None,
+           out: np.ndarray | None = None) -> np.ndarray:
+    """The kernel launch behind ``attention`` (and engine.mla's absorbed attention).
+
+    q: (n_q, n_head, hd) f32 at positions [pos0, pos0+n_q); K, V: cache arrays (n_ctx, row) in
+    their types (engine.kvcache layout; head h's values at [h*hd, (h+1)*hd) of a row, V's at
+    [h*head_dim_v, ...)); heads_per_item: split each KV head's query heads into work items
+    of this many (0 = all); k_r8: (repacked K view, bytes of one head's R8 matrix) to score
+    from instead of K. Returns (n_q, n_head, head_dim_v) f32.
+    """
+    n_q, n_head, hd = q.shape
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    kt, vt = KV_TYPE_CODE[type_k], KV_TYPE_CODE[type_v]
+    kf, kb = (K, _DUMMY_B) if kt == 0 else (_DUMMY_F, K.view(np.uint8).reshape(-1))
+    vf, vb = (V, _DUMMY_B) if vt == 0 else (_DUMMY_F, V.view(np.uint8).reshape(-1))
+    qq = quantize_q8_0(q.reshape(n_q * n_head, hd)).reshape(-1) if kt == 2 else _DUMMY_B
+    if out is None:
+        out = np.empty((n_q, n_head, head_dim_v), dtype=np.float32)
+    r8, krow = False, K.shape[1] * K.itemsize
+    if k_r8 is not None:
+        (kb, krow), r8 = k_r8, True
+    gh = heads_per_item if heads_per_item > 0 else n_head // n_kv_head
+    (_attention_avx2 if isa(simd) == AVX2 else _attention_scalar)(
+        r8, q, qq, kf, kb, kt, krow, vf, vb, vt, V.shape[1] * V.itemsize, n_kv_head, gh, pos0,
+        np.float32(scale), FLASH_CHUNK if flash else 0, int(window), bool(pv_tiles), out)
+    return out
 
 
 def attention(q: np.ndarray, cache: KVCache, layer: int, pos0: int, *, flash: bool,
@@ -323,23 +319,12 @@ def attention(q: np.ndarray, cache: KVCache, layer: int, pos0: int, *, flash: bo
         raise ValueError(f"attention: positions up to {pos0 + n_q} exceed n_ctx {cache.n_ctx}")
     if window < 0:
         raise ValueError(f"attention: window must be >= 0, got {window}")
-    q = np.ascontiguousarray(q, dtype=np.float32)
-    avx2 = (simd or _numba.SIMD) == "avx2"
-    kt, vt = _TYPE_CODE[cache.type_k], _TYPE_CODE[cache.type_v]
-    K, V = cache.k[layer], cache.v[layer]
-    kf, kb = (K, _DUMMY_B) if kt == 0 else (_DUMMY_F, K.view(np.uint8).reshape(-1))
-    vf, vb = (V, _DUMMY_B) if vt == 0 else (_DUMMY_F, V.view(np.uint8).reshape(-1))
-    qq = quantize_q8_0(q.reshape(n_q * n_head, hd)).reshape(-1) if kt == 2 else _DUMMY_B
-    if out is None:
-        out = np.empty((n_q, n_head, cache.head_dim_v), dtype=np.float32)
-    r8, krow = False, K.shape[1] * K.itemsize
+    K = cache.k[layer]
     n_kv = pos0 + n_q
+    k_r8 = None
     if flash and scratch is not None and k_repack_applies(k_repack, n_q, n_kv, cache.type_k, hd):
         need = k_view_bytes(n_kv, cache.n_kv_head, hd)
-        kb = repack_k_view(K, n_kv, cache.n_kv_head, hd, scratch.get(need))
-        r8, krow = True, need // cache.n_kv_head   # krow: bytes of one head's R8 matrix
-    (_attention_avx2 if avx2 else _attention_scalar)(
-               r8, q, qq, kf, kb, kt, krow, vf, vb, vt, V.shape[1] * V.itemsize,
-               cache.n_kv_head, pos0, np.float32(scale if scale is not None else 1.0 / math.sqrt(hd)),
-               FLASH_CHUNK if flash else 0, int(window), out)
-    return out
+        k_r8 = (repack_k_view(K, n_kv, cache.n_kv_head, hd, scratch.get(need)), need // cache.n_kv_head)
+    return attend(q, K, cache.type_k, cache.v[layer], cache.type_v, cache.head_dim_v, cache.n_kv_head, pos0,
+                  flash=flash, scale=scale if scale is not None else 1.0 / math.sqrt(hd), window=window,
+                  k_r8=k_r8, simd=simd, out=out)

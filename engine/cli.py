@@ -15,7 +15,7 @@ from engine.cli_edge import run as run_cli
 from engine.errors import EngineError
 from engine.options import (SETTINGS, UNSUPPORTED_FLAGS, OptionError, check_combination, describe, option_flag,
                             parse_flash)
-from engine.synth import ALL_SHAPES, WTYPES
+from engine.shapes import ALL_SHAPES, WTYPES
 
 # numba and the kernels load in the commands that run them, not when `numasweep` builds its
 # parser: `numasweep import` or a refused spec never pays for them.
@@ -90,7 +90,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        no_mmap=v["no_mmap"], log=info)
     c = model.config
     info(f"model: {c.name} arch={c.arch} params={model.n_params / 1e6:.1f}M "
-         f"size={model.size_bytes / 2**20:.1f} MiB type={_weight_types(model)} "
+         f"size={model.size_bytes / 2**20:.1f} MiB type={model.weight_types()} "
          f"layers={c.n_layer} heads={c.n_head}/{c.n_head_kv} head_dim={c.head_dim} vocab={c.n_vocab} "
          f"(loaded in {model.load_seconds:.2f} s)")
     effective = {**v, "tg": cfg.tg, "threads": model.n_threads, "threads_batch": model.n_threads_batch}
@@ -102,13 +102,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for row, noise in BenchWatch(cfg).rows(sweep(model, cfg)):  # progress + noise warnings on stderr
         print(format_jsonl(model, cfg, row, noise) if jsonl else row.table_line(), flush=True)
     return 0
-
-
-def _weight_types(model) -> str:
-    if hasattr(model, "weight_types"):          # MoE / deepseek2 models name their own
-        return model.weight_types()
-    kinds = sorted({w.source_type for L in model.weights.layers for w in (L.wq, L.w_up, L.w_down)})
-    return "+".join(kinds)
 
 
 def cmd_make_model(args: argparse.Namespace) -> int:

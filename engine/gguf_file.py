@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -203,12 +204,7 @@ class GGUFFile:
     @classmethod
     def open(cls, path: str | os.PathLike) -> "GGUFFile":
         path = str(path)
-        try:
-            with open(path, "rb") as fh:
-                magic = fh.read(4)
-            mm = np.memmap(path, mode="r") if magic == _MAGIC else None
-        except OSError as exc:
-            raise GGUFError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        mm, magic = _map_regular_file(path)
         if mm is None:
             raise GGUFError(f"{path}: not a GGUF file (magic {magic!r}, expected {_MAGIC!r})")
         cur = _Cursor(path, mm)
@@ -229,11 +225,63 @@ class GGUFFile:
             f = fields["general.alignment"]
             alignment = f.value
             if f.type != GGUFValueType.UINT32 or alignment == 0 or alignment & (alignment - 1):
-                raise GGUFError(f"{path}: general.alignment must be a power-of-two uint32, "
-                                f"not {f.type.name.lower()} {alignment!r}")
+                raise GGUFError(f"{path}: general.alignment = {alignment!r} ({f.type.name.lower()}): "
+                                "must be a power-of-two uint32")
         data_offset = -(-cur.pos // alignment) * alignment
         tensors = [_tensor(path, mm, data_offset, *info) for info in infos]
         return cls(path, mm, version, alignment, data_offset, fields, tensors)
+
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(path: str, mode: int) -> GGUFError:
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+    return GGUFError(f"{path}: is {kind}, not a GGUF file (a regular file is needed)")
+
+
+def _map_regular_file(path: str) -> tuple[np.memmap | None, bytes]:
+    """(read-only map of the file or None when its magic is wrong, its first 4 bytes).
+
+    Only regular files: a FIFO would block in open(), a device could be endless. The type is
+    checked before opening and again on the open descriptor (opened non-blocking).
+    """
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise GGUFError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1                     # the file object owns it now
+            magic = fh.read(4)
+            return (np.memmap(fh, mode="r") if magic == _MAGIC else None), magic
+    except OSError as exc:
+        raise GGUFError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def open_gguf(path: str | os.PathLike) -> GGUFFile:
+    """Open and bounds-check a GGUF file for loading; every failure is a one-line GGUFError.
+
+    GGUFFile.open checks the file type, the magic, the header and that every tensor lies
+    inside the file; here also: alignment and empty dimensions.
+    """
+    gf = GGUFFile.open(path)
+    for t in gf.tensors:
+        if t.data_offset % gf.alignment:
+            raise GGUFError(f"{gf.path}: tensor {t.name} offset {t.data_offset} is not {gf.alignment}-byte aligned")
+        if any(int(d) <= 0 for d in t.shape):
+            raise GGUFError(f"{gf.path}: tensor {t.name} has an empty dimension {[int(d) for d in t.shape]}")
+    return gf
 
 
 def _read_fields(cur: _Cursor, n_kv: int) -> dict[str, Field]:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import EngineError
-from engine.options import CACHE_TYPES
+from engine.layout import QK8_0, q8_0_row_bytes
+from engine.options import KV_TYPES
 from engine.quant import f32_to_f16, quantize_q8_0
 
-KV_TYPES = CACHE_TYPES  # the schema's cache types (engine.options)
+KV_TYPE_CODE = {"f32": 0, "f16": 1, "q8_0": 2}   # the cache type as the attention kernels take it
 
 
 def kv_row_bytes(kv_type: str, n_values: int) -> int:
@@ -26,15 +27,25 @@ def kv_row_bytes(kv_type: str, n_values: int) -> int:
         return 4 * n_values
     if kv_type == "f16":
         return 2 * n_values
-    return n_values // 32 * 34
+    return q8_0_row_bytes(n_values)
 
 
-def _alloc(kv_type: str, n_ctx: int, n_values: int) -> np.ndarray:
+def alloc_rows(kv_type: str, n_ctx: int, n_values: int) -> np.ndarray:
+    """A zeroed (n_ctx, row) cache array: f32 / f16 bits (uint16) / Q8_0 bytes (uint8)."""
     if kv_type == "f32":
         return np.zeros((n_ctx, n_values), dtype=np.float32)
     if kv_type == "f16":
         return np.zeros((n_ctx, n_values), dtype=np.uint16)
-    return np.zeros((n_ctx, n_values // 32 * 34), dtype=np.uint8)
+    return np.zeros((n_ctx, q8_0_row_bytes(n_values)), dtype=np.uint8)
+
+
+def encode_rows(kv_type: str, x: np.ndarray) -> np.ndarray:
+    """(n, n_values) f32 rows in a cache type's storage (see alloc_rows)."""
+    if kv_type == "f32":
+        return x
+    if kv_type == "f16":
+        return f32_to_f16(x)
+    return quantize_q8_0(x)
 
 
 class PositionBook:
@@ -81,29 +92,21 @@ class KVCache(PositionBook):
         for flag, t, hd in (("-ctk", self.type_k, self.head_dim_k), ("-ctv", self.type_v, self.head_dim_v)):
             if t not in KV_TYPES:
                 raise EngineError(f"{flag}: unknown cache type {t!r} (allowed: {', '.join(KV_TYPES)})")
-            if t == "q8_0" and hd % 32:
+            if t == "q8_0" and hd % QK8_0:
                 raise EngineError(f"{flag} q8_0 needs a head size that is a multiple of 32, got {hd}")
         if not self.k:
-            self.k = [_alloc(self.type_k, self.n_ctx, self.n_kv_head * self.head_dim_k)
+            self.k = [alloc_rows(self.type_k, self.n_ctx, self.n_kv_head * self.head_dim_k)
                       for _ in range(self.n_layer)]
-            self.v = [_alloc(self.type_v, self.n_ctx, self.n_kv_head * self.head_dim_v)
+            self.v = [alloc_rows(self.type_v, self.n_ctx, self.n_kv_head * self.head_dim_v)
                       for _ in range(self.n_layer)]
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
 
-    @staticmethod
-    def _encode(kv_type: str, x: np.ndarray) -> np.ndarray:
-        if kv_type == "f32":
-            return x
-        if kv_type == "f16":
-            return f32_to_f16(x)
-        return quantize_q8_0(x)
-
     def store(self, layer: int, pos: int, k: np.ndarray, v: np.ndarray) -> None:
         """Write K, V (n, n_kv_head*head_dim) f32 at positions [pos, pos+n)."""
         n = k.shape[0]
         self.check_write(pos, n)
-        self.k[layer][pos:pos + n] = self._encode(self.type_k, np.ascontiguousarray(k))
-        self.v[layer][pos:pos + n] = self._encode(self.type_v, np.ascontiguousarray(v))
+        self.k[layer][pos:pos + n] = encode_rows(self.type_k, np.ascontiguousarray(k))
+        self.v[layer][pos:pos + n] = encode_rows(self.type_v, np.ascontiguousarray(v))

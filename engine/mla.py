@@ -29,22 +29,14 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
-from numba import njit, prange
 
-from engine import _numba
-from engine._numba import NJIT, PARALLEL
-from engine._simd import f16_to_f32, q8_tile_1x1, q8_tile_4x1, q8_tile_4x2
-from engine.attention import attention, online_accumulate, online_rescale
+from engine.attention import FLASH_CHUNK, attend, attention
 from engine.errors import EngineError
-from engine.kvcache import KV_TYPES, KVCache, PositionBook, _alloc, kv_row_bytes
-from engine.matmul import dot_q8_0_scalar
-from engine.quant import f16_bits_to_f32, quantize_q8_0
-
-_TYPE_CODE = {"f32": 0, "f16": 1, "q8_0": 2}
-FLASH_CHUNK = 64
-_NOCACHE = {k: v for k, v in NJIT.items() if k != "cache"}
+from engine.kvcache import KVCache, PositionBook, alloc_rows, encode_rows, kv_row_bytes
+from engine.layout import Q8_0_BYTES, QK8_0
+from engine.options import KV_TYPES
+from engine.quant import dequantize_q8_0, f16_to_f32, quantize_q8_0
 
 
 class MLACache(PositionBook):
@@ -53,12 +45,12 @@ class MLACache(PositionBook):
     def __init__(self, n_layer: int, n_ctx: int, kv_lora_rank: int, n_rot: int, type_k: str):
         if type_k not in KV_TYPES:
             raise EngineError(f"-ctk: unknown cache type {type_k!r} (allowed: {', '.join(KV_TYPES)})")
-        if type_k == "q8_0" and (kv_lora_rank % 32 or n_rot % 32):
+        if type_k == "q8_0" and (kv_lora_rank % QK8_0 or n_rot % QK8_0):
             raise EngineError(f"-ctk q8_0 needs kv_lora_rank ({kv_lora_rank}) and rope dims ({n_rot}) "
                               "that are multiples of 32")
         self.n_layer, self.n_ctx, self.rank, self.n_rot, self.type_k = n_layer, n_ctx, kv_lora_rank, n_rot, type_k
         self.type_v = type_k          # V is a view of K
-        self.k = [_alloc(type_k, n_ctx, kv_lora_rank + n_rot) for _ in range(n_layer)]
+        self.k = [alloc_rows(type_k, n_ctx, kv_lora_rank + n_rot) for _ in range(n_layer)]
         self.n_used = 0
 
     @property
@@ -73,11 +65,10 @@ class MLACache(PositionBook):
         """Write [c_kv | k_pe] rows (n, rank + n_rot) f32 at positions [pos, pos+n)."""
         n = rows.shape[0]
         self.check_write(pos, n)
-        self.k[layer][pos:pos + n] = KVCache._encode(self.type_k, np.ascontiguousarray(rows, dtype=np.float32))
+        self.k[layer][pos:pos + n] = encode_rows(self.type_k, np.ascontiguousarray(rows, dtype=np.float32))
 
     def c_rows_f32(self, layer: int, n: int) -> np.ndarray:
         """Positions [0, n) as f32 (n, rank + n_rot)."""
-        from engine.quant import dequantize_q8_0, f16_to_f32
         a = self.k[layer][:n]
         if self.type_k == "f32":
             return a
@@ -87,150 +78,7 @@ class MLACache(PositionBook):
 
 
 
-# -- absorbed attention kernel ---------------------------------------------------------
-
-@njit(**NJIT)
-def _scores_avx2(s, CH, kb, krow, p0, cnt, qq, q0_off, qhb, ncol, g, cpair, qrow):
-    # s[col*CH + p] = K[p0+p] . Q[col]; col = (query col//g, head col%g); rows of K are one shared head
-    nb = qhb // 34
-    p = 0
-    while p < cnt:
-        four = p + 4 <= cnt
-        kof = (p0 + p) * krow
-        col = 0
-        while col < ncol:
-            qi = col // g
-            j = col - qi * g
-            xo = q0_off + qi * qrow + j * qhb
-            pair = (j + 1 < g) if g > 1 else (col + 1 < ncol)
-            if four and pair:
-                q8_tile_4x2(s, col * CH + p, CH, kb, kof, krow, qq, xo, cpair, nb)
-                col += 2
-            elif four:
-                q8_tile_4x1(s, col * CH + p, CH, kb, kof, krow, qq, xo, cpair, nb)
-                col += 1
-            else:
-                q8_tile_1x1(s, col * CH + p, 0, kb, kof, krow, qq, xo, 0, nb)
-                col += 1
-        p += 4 if four else 1
-
-
-@njit(**NJIT)
-def _scores_scalar(s, CH, kb, krow, p0, cnt, qq, q0_off, qhb, ncol, g, cpair, qrow):
-    for p in range(cnt):
-        for col in range(ncol):
-            qi = col // g
-            s[col * CH + p] = dot_q8_0_scalar(kb, (p0 + p) * krow, qq, q0_off + qi * qrow + (col - qi * g) * qhb,
-                                              qhb // 34)
-
-
-@njit(**NJIT)
-def _rows_f32(avx2, af, ab, atype, row_bytes, width, p0, cnt, buf):
-    # buf[p*width + d] = value d of cache row p0+p (d < width); buf: flat f32
-    for p in range(cnt):
-        pos = p0 + p
-        if atype == 0:
-            for d in range(width):
-                buf[p * width + d] = af[pos, d]
-        elif atype == 1:
-            if avx2:
-                f16_to_f32(buf, p * width, ab, pos * row_bytes, width)
-            else:
-                for d in range(width):
-                    b = pos * row_bytes + 2 * d
-                    buf[p * width + d] = f16_bits_to_f32(np.int64(ab[b]) | (np.int64(ab[b + 1]) << 8))
-        else:
-            base = pos * row_bytes
-            for b in range(width // 32):
-                o = base + b * 34
-                dd = f16_bits_to_f32(np.int64(ab[o]) | (np.int64(ab[o + 1]) << 8))
-                for t in range(32):
-                    v = np.int64(ab[o + 2 + t])
-                    if v > 127:
-                        v -= 256
-                    buf[p * width + b * 32 + t] = dd * np.float32(v)
-
-
-@njit(**_NOCACHE)
-def _mla_item(kind, item, q, qq, kf, kb, ktype, krow, dv, pos0, scale, chunk, gh, out):
-    # One work item (block of <= 8 queries, group of <= gh heads); kind (literal): 0 AVX2, 1 scalar.
-    # q: (n_q, n_head, dk) f32 absorbed queries [q_abs | q_pe]; qq: flat Q8_0 of q (ktype 2)
-    # kf: (n_ctx, dk) f32 cache or dummy; kb: flat cache bytes or dummy; V = first dv values of a row
-    # out: (n_q, n_head, dv) f32
-    numba.literally(kind)
-    avx2 = kind == 0
-    n_q, n_head, dk = q.shape
-    qhb = (dk // 32) * 34
-    qrow = n_head * qhb
-    n_groups = (n_head + gh - 1) // gh
-    blk = item // n_groups
-    h0 = (item - blk * n_groups) * gh
-    g = min(gh, n_head - h0)
-    i0 = blk * 8
-    nqb = min(8, n_q - i0)
-    ncol = nqb * g
-    n_att_max = pos0 + i0 + nqb
-    CH = chunk if chunk > 0 else n_att_max
-    cpair = qhb if g > 1 else qrow
-    s = np.empty(ncol * CH, dtype=np.float32)
-    kbuf = np.empty(CH * dk if ktype != 2 else 1, dtype=np.float32)
-    vbuf = np.empty(CH * dv, dtype=np.float32)
-    m = np.full(ncol, -np.inf, dtype=np.float32)
-    l = np.zeros(ncol, dtype=np.float32)
-    acc = np.zeros((ncol, dv), dtype=np.float32)
-    for p0 in range(0, n_att_max, CH):
-        cnt = min(CH, n_att_max - p0)
-        if ktype == 2:
-            if kind == 0:
-                _scores_avx2(s, CH, kb, krow, p0, cnt, qq, i0 * qrow + h0 * qhb, qhb, ncol, g, cpair, qrow)
-            else:
-                _scores_scalar(s, CH, kb, krow, p0, cnt, qq, i0 * qrow + h0 * qhb, qhb, ncol, g, cpair, qrow)
-        else:
-            _rows_f32(avx2, kf, kb, ktype, krow, dk, p0, cnt, kbuf)
-            for col in range(ncol):
-                qi = col // g
-                h = h0 + col - qi * g
-                for p in range(cnt):
-                    a = np.float32(0.0)
-                    for d in range(dk):
-                        a += q[i0 + qi, h, d] * kbuf[p * dk + d]
-                    s[col * CH + p] = a
-        _rows_f32(avx2, kf, kb, ktype, krow, dv, p0, cnt, vbuf)
-        for col in range(ncol):
-            qi = col // g
-            lim = min(cnt, pos0 + i0 + qi + 1 - p0)      # causal: positions <= pos0+i0+qi
-            if lim <= 0:
-                continue
-            mx = online_rescale(s, col * CH, lim, scale, m, l, acc, col)
-            online_accumulate(s, col * CH, lim, mx, l, acc, col, vbuf)
-            m[col] = mx
-    for col in range(ncol):
-        qi = col // g
-        h = h0 + col - qi * g
-        inv = np.float32(1.0) / l[col]
-        for d in range(dv):
-            out[i0 + qi, h, d] = acc[col, d] * inv
-
-
-# Cached parallel entry points, one per SIMD path: no function-typed arguments (numba's
-# cache never hits those), the path is a literal, so the scalar one holds no AVX2 code.
-@njit(**PARALLEL)
-def _mla_avx2(q, qq, kf, kb, ktype, krow, dv, pos0, scale, chunk, gh, out):
-    n_items = ((q.shape[0] + 7) // 8) * ((q.shape[1] + gh - 1) // gh)
-    for item in prange(n_items):
-        _mla_item(0, item, q, qq, kf, kb, ktype, krow, dv, pos0, scale, chunk, gh, out)
-
-
-@njit(**PARALLEL)
-def _mla_scalar(q, qq, kf, kb, ktype, krow, dv, pos0, scale, chunk, gh, out):
-    n_items = ((q.shape[0] + 7) // 8) * ((q.shape[1] + gh - 1) // gh)
-    for item in prange(n_items):
-        _mla_item(1, item, q, qq, kf, kb, ktype, krow, dv, pos0, scale, chunk, gh, out)
-
-
-_DUMMY_F = np.zeros((1, 1), dtype=np.float32)
-_DUMMY_B = np.zeros(1, dtype=np.uint8)
-
+# -- absorbed attention ----------------------------------------------------------------
 
 def absorbed_group_size(n_head: int, n_q: int, n_kv: int, dv: int, flash: bool, amb_bytes: int,
                         n_threads: int) -> int:
@@ -246,21 +94,19 @@ def absorbed_group_size(n_head: int, n_q: int, n_kv: int, dv: int, flash: bool, 
 
 def absorbed_attention(q_abs: np.ndarray, cache: MLACache, layer: int, pos0: int, *, flash: bool,
                        scale: float, amb_bytes: int = 0, n_threads: int = 1, simd: str | None = None) -> np.ndarray:
-    """softmax(scale * q_abs . [c|k_pe]) c over positions [0, pos0+n_q): (n_q, n_head, rank) f32."""
+    """softmax(scale * q_abs . [c|k_pe]) c over positions [0, pos0+n_q): (n_q, n_head, rank) f32.
+
+    engine.attention's kernel with one KV head shared by every query head (the cached rows),
+    V = the first kv_lora_rank values of each row, heads split into items of
+    ``absorbed_group_size``; the plain exp / P.V loop (``pv_tiles=False``).
+    """
     n_q, n_head, dk = q_abs.shape
     if dk != cache.rank + cache.n_rot:
         raise ValueError(f"absorbed_attention: q width {dk} != kv_lora_rank + n_rot {cache.rank + cache.n_rot}")
-    q = np.ascontiguousarray(q_abs, dtype=np.float32)
-    kt = _TYPE_CODE[cache.type_k]
     K = cache.k[layer]
-    kf, kb = (K, _DUMMY_B) if kt == 0 else (_DUMMY_F, K.view(np.uint8).reshape(-1))
-    qq = quantize_q8_0(q.reshape(n_q * n_head, dk)).reshape(-1) if kt == 2 else _DUMMY_B
-    out = np.empty((n_q, n_head, cache.rank), dtype=np.float32)
     gh = absorbed_group_size(n_head, n_q, pos0 + n_q, cache.rank, flash, amb_bytes, n_threads)
-    kernel = _mla_avx2 if (simd or _numba.SIMD) == "avx2" else _mla_scalar
-    kernel(q, qq, kf, kb, kt, K.shape[1] * K.itemsize, cache.rank, pos0, np.float32(scale),
-           FLASH_CHUNK if flash else 0, gh, out)
-    return out
+    return attend(q_abs, K, cache.type_k, K, cache.type_k, cache.rank, 1, pos0, flash=flash, scale=scale,
+                  heads_per_item=gh, pv_tiles=False, simd=simd)
 
 
 # -- decompressed attention ------------------------------------------------------------
@@ -292,9 +138,9 @@ def decompressed_attention(q: np.ndarray, cache: MLACache, layer: int, pos0: int
     # Q8_0 rows of c for the GEMMs: a q8_0 cache's own bytes (requantizing its values would give
     # the same bytes), else quantized once for all head groups
     if cache.type_k == "q8_0":
-        cq = np.ascontiguousarray(cache.k[layer][:n_kv, :cache.rank // 32 * 34])
+        cq = np.ascontiguousarray(cache.k[layer][:n_kv, :cache.rank // QK8_0 * Q8_0_BYTES])
     else:
-        cq = quantize_q8_0(c) if cache.rank % 32 == 0 else None
+        cq = quantize_q8_0(c) if cache.rank % QK8_0 == 0 else None
     out = np.empty((n_q, n_head, dv), dtype=np.float32)
     gh = decompressed_group_size(n_head, n_q, n_kv, dk, dv, flash, amb_bytes)
     for h0 in range(0, n_head, gh):
@@ -305,9 +151,9 @@ def decompressed_attention(q: np.ndarray, cache: MLACache, layer: int, pos0: int
         K[:, :, :nope] = kv[:, :, :nope]
         K[:, :, nope:] = k_pe[:, None, :]
         V = np.ascontiguousarray(kv[:, :, nope:]).reshape(n_kv, g * dv)
-        tmp = KVCache(1, n_kv, g, nope + rot, dv, cache.type_k if (nope + rot) % 32 == 0 else "f32", "f32",
-                      k=[KVCache._encode(cache.type_k if (nope + rot) % 32 == 0 else "f32",
-                                         K.reshape(n_kv, g * (nope + rot)))], v=[V], n_used=n_kv)
+        type_k = cache.type_k if (nope + rot) % QK8_0 == 0 else "f32"
+        tmp = KVCache(1, n_kv, g, nope + rot, dv, type_k, "f32",
+                      k=[encode_rows(type_k, K.reshape(n_kv, g * (nope + rot)))], v=[V], n_used=n_kv)
         out[:, h0:h1, :] = attention(np.ascontiguousarray(q[:, h0:h1, :]), tmp, 0, pos0, flash=flash,
                                      scale=scale, **(attention_kw or {}))
     return out

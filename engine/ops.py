@@ -12,7 +12,8 @@ import numpy as np
 from numba import njit, prange
 
 from engine._numba import FAST, FAST_PARALLEL, NJIT, PARALLEL
-from engine.quant import _quantize_row_q8_0
+from engine.layout import Q8_0_BYTES, QK8_0
+from engine.quant import quantize_row_q8_0
 
 
 # Below this many elements a kernel runs serially: a parallel launch costs tens of
@@ -50,14 +51,14 @@ def _rmsnorm_ser(x, w, eps, out):
 def _rmsnorm_q8_par(x, w, eps, out, outq):
     for t in prange(x.shape[0]):
         _rmsnorm_row(x, w, eps, out, t)
-        _quantize_row_q8_0(out[t], outq[t], 0)
+        quantize_row_q8_0(out[t], outq[t], 0)
 
 
 @njit(**NJIT)
 def _rmsnorm_q8_ser(x, w, eps, out, outq):
     for t in range(x.shape[0]):
         _rmsnorm_row(x, w, eps, out, t)
-        _quantize_row_q8_0(out[t], outq[t], 0)
+        quantize_row_q8_0(out[t], outq[t], 0)
 
 
 def _serial(a: np.ndarray) -> bool:
@@ -76,10 +77,10 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = N
 
 def rmsnorm_q8_0(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """RMSNorm and its Q8_0 quantization in one pass: ((n, d) f32, (n, d/32*34) u8)."""
-    if x.ndim != 2 or w.shape != (x.shape[1],) or x.shape[1] % 32:
+    if x.ndim != 2 or w.shape != (x.shape[1],) or x.shape[1] % QK8_0:
         raise ValueError(f"rmsnorm_q8_0: x {x.shape} and weight {w.shape} do not match or d % 32 != 0")
     out = np.empty_like(x)
-    outq = np.empty((x.shape[0], x.shape[1] // 32 * 34), dtype=np.uint8)
+    outq = np.empty((x.shape[0], x.shape[1] // QK8_0 * Q8_0_BYTES), dtype=np.uint8)
     (_rmsnorm_q8_ser if _serial(x) else _rmsnorm_q8_par)(x, w, float(eps), out, outq)
     return out, outq
 
@@ -189,22 +190,22 @@ def _gated_row(g, u, gelu, out, t):
 def _gated_q8_par(g, u, gelu, out, outq):
     for t in prange(g.shape[0]):
         _gated_row(g, u, gelu, out, t)
-        _quantize_row_q8_0(out[t], outq[t], 0)
+        quantize_row_q8_0(out[t], outq[t], 0)
 
 
 @njit(**FAST)
 def _gated_q8_ser(g, u, gelu, out, outq):
     for t in range(g.shape[0]):
         _gated_row(g, u, gelu, out, t)
-        _quantize_row_q8_0(out[t], outq[t], 0)
+        quantize_row_q8_0(out[t], outq[t], 0)
 
 
 def _gated_q8_0(name, gelu: bool, g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # shared checks/allocation of the gated-FFN activations: ((n, f) f32, (n, f/32*34) u8)
-    if g.shape != u.shape or g.ndim != 2 or g.shape[1] % 32:
+    if g.shape != u.shape or g.ndim != 2 or g.shape[1] % QK8_0:
         raise ValueError(f"{name}: gate {g.shape} and up {u.shape} differ or width % 32 != 0")
     out = np.empty_like(g)
-    outq = np.empty((g.shape[0], g.shape[1] // 32 * 34), dtype=np.uint8)
+    outq = np.empty((g.shape[0], g.shape[1] // QK8_0 * Q8_0_BYTES), dtype=np.uint8)
     (_gated_q8_ser if _serial(g) else _gated_q8_par)(g, u, gelu, out, outq)
     return out, outq
 

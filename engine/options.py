@@ -258,3 +258,6 @@ def option_flag(name: str) -> str:
     """The CLI flag that spells a setting, for engine error messages (``-ctk: ...``)."""
     s = BY_NAME.get(name)
     return s.flag if s else name
+
+
+KV_TYPES = CACHE_TYPES  # the engine's name for the cache types (engine.kvcache)

@@ -17,27 +17,21 @@ bit for bit. A repacked K view (``repack_k_view``) is one such matrix per KV hea
 (positions as rows, zero rows padding the last group), heads one after another.
 
 Kernels here: the numpy reference pack/unpack, the numba pack (weights and K
-views), the Q8_0_R8 x Q8_0 GEMM/GEMV (``gemm_q8_0_r8``; AVX2 tiles of 8 rows x
-4/2/1 columns from ``_simd_r8``, or plain numba), the attention score functions
-that read a repacked K view, and ``repack_weights`` (``-rtr``).
+views), the Q8_0_R8 x Q8_0 GEMM/GEMV (``gemm_q8_0_r8``; tiles of 8 rows x 4/2/1
+columns, ``engine.tiles.r8_tile``: AVX2 intrinsics or plain numba), and the
+attention score function that reads a repacked K view. ``-rtr`` (repacking the
+weights at load) is ``engine.residency.repack_weights``.
 """
 from __future__ import annotations
 
-import dataclasses
-import mmap
-import time
-
+import numba
 import numpy as np
 from numba import njit, prange
 
-from engine import _numba
-from engine._numba import NJIT, PARALLEL
+from engine._numba import AVX2, NJIT, PARALLEL, SCALAR, isa
+from engine.layout import Q8_0_BYTES, QK8_0, R8_BLOCK_BYTES, R8_ROWS
 from engine.options import K_REPACK_MODES
-from engine._simd_r8 import R8_BLOCK_BYTES, r8_tile_1, r8_tile_2, r8_tile_4
-from engine.quant import Q8_0_BYTES, QK8_0, f16_bits_to_f32
-
-assert R8_BLOCK_BYTES == 8 * Q8_0_BYTES
-R8_ROWS = 8
+from engine.tiles import r8_tile
 
 
 # -- numpy reference ---------------------------------------------------------------------
@@ -75,7 +69,7 @@ def _pack_views(src, src_rstride, src_hstride, n_head, n_rows, nb, dst):
     # src: flat u8; row r of head h = nb Q8_0 blocks at byte h*src_hstride + r*src_rstride.
     # dst: flat u8, head h's R8 matrix at byte h*n_groups*nb*272; rows >= n_rows are zeros.
     n_groups = (n_rows + 7) // 8
-    gbytes = nb * 272
+    gbytes = nb * R8_BLOCK_BYTES
     for item in prange(n_head * n_groups):
         h = item // n_groups
         g = item - h * n_groups
@@ -85,8 +79,8 @@ def _pack_views(src, src_rstride, src_hstride, n_head, n_rows, nb, dst):
             if r < n_rows:
                 so = h * src_hstride + r * src_rstride
                 for b in range(nb):
-                    s = so + b * 34
-                    o = base + b * 272
+                    s = so + b * Q8_0_BYTES
+                    o = base + b * R8_BLOCK_BYTES
                     dst[o + 2 * k] = src[s]
                     dst[o + 2 * k + 1] = src[s + 1]
                     for j in range(8):
@@ -94,7 +88,7 @@ def _pack_views(src, src_rstride, src_hstride, n_head, n_rows, nb, dst):
                             dst[o + 16 + 32 * j + 4 * k + i] = src[s + 2 + 4 * j + i]
             else:
                 for b in range(nb):
-                    o = base + b * 272
+                    o = base + b * R8_BLOCK_BYTES
                     dst[o + 2 * k] = 0
                     dst[o + 2 * k + 1] = 0
                     for j in range(8):
@@ -143,64 +137,46 @@ def repack_k_view(k: np.ndarray, n_rows: int, n_head: int, head_dim: int, scratc
 # -- GEMM / GEMV --------------------------------------------------------------------------
 
 @njit(inline="always", **NJIT)
-def _group_avx2(w, n_groups, x, n_tok, nb, out, g):
-    # rows [8g, 8g+8) of out (n_tok, n_groups*8) flat f32; w flat R8 bytes, x flat Q8_0 bytes
-    rb = nb * 34
-    gb = nb * 272
-    n_out = n_groups * 8
+def _group(kind, w, n_groups, x, n_tok, nb, out, g):
+    # rows [8g, 8g+8) of out (n_tok, n_groups*8) flat f32; w flat R8 bytes, x flat Q8_0 bytes;
+    # tokens 4, then 2, then 1 at a time (one R8 block load serves the tile's columns)
+    rb = nb * Q8_0_BYTES
+    gb = nb * R8_BLOCK_BYTES
+    n_out = n_groups * R8_ROWS
     t = 0
     while t + 4 <= n_tok:
-        r8_tile_4(out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, (t + 1) * rb,
-                  (t + 2) * rb, (t + 3) * rb, nb)
+        r8_tile(kind, out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, (t + 1) * rb,
+                (t + 2) * rb, (t + 3) * rb, nb, 4)
         t += 4
     if t + 2 <= n_tok:
-        r8_tile_2(out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, (t + 1) * rb, 0, 0, nb)
+        r8_tile(kind, out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, (t + 1) * rb, 0, 0, nb, 2)
         t += 2
     if t < n_tok:
-        r8_tile_1(out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, 0, 0, 0, nb)
+        r8_tile(kind, out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, 0, 0, 0, nb, 1)
 
 
 @njit(**PARALLEL)
 def _gemm_r8_avx2(w, n_groups, x, n_tok, nb, out):
     # w: flat (n_groups*nb*272) u8; x: flat (n_tok*nb*34) u8; out: flat (n_tok*n_groups*8) f32
     for g in prange(n_groups):
-        _group_avx2(w, n_groups, x, n_tok, nb, out, g)
-
-
-@njit(inline="always", **NJIT)
-def _i8(v):
-    q = np.int64(v)
-    return q - 256 if q > 127 else q
-
-
-@njit(**NJIT)
-def dot8_r8_scalar(out, out_off, w, wo, x, xo, nb):
-    """Plain numba: out[out_off+k] = row k of the R8 group at byte wo . Q8_0 row at xo."""
-    for k in range(8):
-        acc = np.float32(0.0)
-        for b in range(nb):
-            o = wo + b * 272
-            px = xo + b * 34
-            dw = f16_bits_to_f32(np.int64(w[o + 2 * k]) | (np.int64(w[o + 2 * k + 1]) << 8))
-            dx = f16_bits_to_f32(np.int64(x[px]) | (np.int64(x[px + 1]) << 8))
-            s = 0
-            for j in range(8):
-                for i in range(4):
-                    s += _i8(w[o + 16 + 32 * j + 4 * k + i]) * _i8(x[px + 2 + 4 * j + i])
-            acc += np.float32(s) * (dw * dx)
-        out[out_off + k] = acc
-
-
-@njit(inline="always", **NJIT)
-def _group_scalar(w, n_groups, x, n_tok, nb, out, g):
-    for t in range(n_tok):
-        dot8_r8_scalar(out, t * n_groups * 8 + g * 8, w, g * nb * 272, x, t * nb * 34, nb)
+        _group(AVX2, w, n_groups, x, n_tok, nb, out, g)
 
 
 @njit(**PARALLEL)
 def _gemm_r8_scalar(w, n_groups, x, n_tok, nb, out):
     for g in prange(n_groups):
-        _group_scalar(w, n_groups, x, n_tok, nb, out, g)
+        _group(SCALAR, w, n_groups, x, n_tok, nb, out, g)
+
+
+@njit(inline="always", **NJIT)
+def _group3(kind, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, g):
+    # row group g of three R8 matrices' groups laid end to end
+    if g < g1:
+        _group(kind, w1, g1, x, n_tok, nb, o1, g)
+    elif g < g1 + g2:
+        _group(kind, w2, g2, x, n_tok, nb, o2, g - g1)
+    else:
+        _group(kind, w3, g3, x, n_tok, nb, o3, g - g1 - g2)
 
 
 # Up to three R8 matrices sharing one input (q/k/v, gate/up) in one parallel launch,
@@ -208,23 +184,13 @@ def _gemm_r8_scalar(w, n_groups, x, n_tok, nb, out):
 @njit(**PARALLEL)
 def _gemm3_r8_avx2(w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb):
     for g in prange(g1 + g2 + g3):
-        if g < g1:
-            _group_avx2(w1, g1, x, n_tok, nb, o1, g)
-        elif g < g1 + g2:
-            _group_avx2(w2, g2, x, n_tok, nb, o2, g - g1)
-        else:
-            _group_avx2(w3, g3, x, n_tok, nb, o3, g - g1 - g2)
+        _group3(AVX2, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, g)
 
 
 @njit(**PARALLEL)
 def _gemm3_r8_scalar(w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb):
     for g in prange(g1 + g2 + g3):
-        if g < g1:
-            _group_scalar(w1, g1, x, n_tok, nb, o1, g)
-        elif g < g1 + g2:
-            _group_scalar(w2, g2, x, n_tok, nb, o2, g - g1)
-        else:
-            _group_scalar(w3, g3, x, n_tok, nb, o3, g - g1 - g2)
+        _group3(SCALAR, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, g)
 
 
 def gemm_q8_0_r8(w: np.ndarray, xq: np.ndarray, out: np.ndarray | None = None,
@@ -249,14 +215,12 @@ def gemm_q8_0_r8(w: np.ndarray, xq: np.ndarray, out: np.ndarray | None = None,
         out = np.empty((n_tok, n_out), dtype=np.float32)
     elif out.shape != (n_tok, n_out) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"gemm_q8_0_r8: out must be contiguous f32 {(n_tok, n_out)}")
-    kernel = _gemm_r8_avx2 if (simd or _numba.SIMD) == "avx2" else _gemm_r8_scalar
+    kernel = _gemm_r8_avx2 if isa(simd) == AVX2 else _gemm_r8_scalar
     kernel(w.reshape(-1), n_groups, xq.reshape(-1), n_tok, rb // Q8_0_BYTES, out.reshape(-1))
     return out
 
 
 # -- K-cache repack policy and scratch ---------------------------------------------------
-
-
 
 def k_repack_applies(mode: str, n_q: int, n_kv: int, type_k: str, head_dim: int) -> bool:
     """Whether a flash-attention batch of n_q queries over n_kv positions reads K as Q8_0_R8.
@@ -320,26 +284,30 @@ def gemm_q8_0_r8_multi(ws, xq: np.ndarray, simd: str | None = None) -> list[np.n
     args = []
     for k in range(3):
         args += [ws[k].reshape(-1), ws[k].shape[0], outs[k].reshape(-1)] if k < len(ws) else [_EMPTY_W, 0, _EMPTY_O]
-    kernel = _gemm3_r8_avx2 if (simd or _numba.SIMD) == "avx2" else _gemm3_r8_scalar
+    kernel = _gemm3_r8_avx2 if isa(simd) == AVX2 else _gemm3_r8_scalar
     kernel(*args, xq.reshape(-1), n_tok, nb)
     return outs
 
 
 # -- attention scores over a repacked K view ----------------------------------------------
-# Same signature as attention._scores_q8_*; kb is the repacked view and krow is the byte
-# size of one head's R8 matrix (rows_pad * qhb). khead_off = kvh * qhb (as for the plain
-# cache), so the head's base is khead_off // qhb * krow. p0 is a multiple of 8 (flash
-# chunks are 64 positions; the plain path starts at 0); a partial last group is computed
-# into a temporary (the padded rows exist in the view) and only cnt - p values are kept.
 
 @njit(**NJIT)
-def _scores_r8_avx2(s, CH, kb, krow, khead_off, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow):
-    nb = qhb // 34
+def scores_r8(kind, s, CH, kb, krow, khead_off, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow):
+    """engine.attention.scores_q8 over a repacked K view: s[col*CH + p] = K[p0+p] . Q[col].
+
+    kb is the repacked view and krow the byte size of one head's R8 matrix (rows_pad *
+    qhb). khead_off = kvh * qhb (as for the plain cache), so the head's base is
+    khead_off // qhb * krow. p0 is a multiple of 8 (flash chunks are 64 positions; the
+    plain path starts at 0); a partial last group is computed into a temporary (the
+    padded rows exist in the view) and only cnt - p values are kept.
+    """
+    numba.literally(kind)
+    nb = qhb // Q8_0_BYTES
     hbase = (khead_off // qhb) * krow
     tmp = np.empty(32, dtype=np.float32)
     p = 0
     while p < cnt:
-        wo = hbase + ((p0 + p) // 8) * nb * 272
+        wo = hbase + ((p0 + p) // 8) * nb * R8_BLOCK_BYTES
         full = p + 8 <= cnt
         col = 0
         while col < ncol:
@@ -354,130 +322,11 @@ def _scores_r8_avx2(s, CH, kb, krow, khead_off, p0, cnt, qq, q0_off, qhb, ncol, 
             c3 = col + 3
             x3 = q0_off + (c3 // g) * qrow + (c3 % g) * qhb
             if full:
-                if nc == 4:
-                    r8_tile_4(s, col * CH + p, CH, kb, wo, qq, x0, x1, x2, x3, nb)
-                elif nc == 2:
-                    r8_tile_2(s, col * CH + p, CH, kb, wo, qq, x0, x1, 0, 0, nb)
-                else:
-                    r8_tile_1(s, col * CH + p, CH, kb, wo, qq, x0, 0, 0, 0, nb)
+                r8_tile(kind, s, col * CH + p, CH, kb, wo, qq, x0, x1, x2, x3, nb, nc)
             else:
-                if nc == 4:
-                    r8_tile_4(tmp, 0, 8, kb, wo, qq, x0, x1, x2, x3, nb)
-                elif nc == 2:
-                    r8_tile_2(tmp, 0, 8, kb, wo, qq, x0, x1, 0, 0, nb)
-                else:
-                    r8_tile_1(tmp, 0, 8, kb, wo, qq, x0, 0, 0, 0, nb)
+                r8_tile(kind, tmp, 0, 8, kb, wo, qq, x0, x1, x2, x3, nb, nc)
                 for c in range(nc):
                     for k in range(cnt - p):
                         s[(col + c) * CH + p + k] = tmp[c * 8 + k]
             col += nc
         p += 8
-
-
-@njit(**NJIT)
-def _scores_r8_scalar(s, CH, kb, krow, khead_off, p0, cnt, qq, q0_off, qhb, ncol, g, cstride_pair, qrow):
-    nb = qhb // 34
-    hbase = (khead_off // qhb) * krow
-    tmp = np.empty(8, dtype=np.float32)
-    p = 0
-    while p < cnt:
-        wo = hbase + ((p0 + p) // 8) * nb * 272
-        n = min(8, cnt - p)
-        for col in range(ncol):
-            dot8_r8_scalar(tmp, 0, kb, wo, qq, q0_off + (col // g) * qrow + (col % g) * qhb, nb)
-            for k in range(n):
-                s[col * CH + p + k] = tmp[k]
-        p += 8
-
-
-# -- -rtr: repack weights at load ------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class RepackReport:
-    """What ``repack_weights`` did: counts, bytes and time."""
-
-    n_repacked: int
-    n_kept: int
-    mib_repacked: float
-    seconds: float
-    kept: tuple[str, ...]   # names of Q8_0 matrices left as Q8_0 (token_embd, rows % 8 != 0)
-
-    def line(self) -> str:
-        kept = f"; kept as Q8_0: {', '.join(self.kept)}" if self.kept else ""
-        return (f"run-time repack (-rtr): {self.n_repacked} Q8_0 matrices ({self.mib_repacked:.1f} MiB) "
-                f"-> Q8_0_R8 in {self.seconds:.2f} s{kept}")
-
-
-def _own(a):
-    return None if a is None else np.array(a, copy=True)
-
-
-def mmap_releaser(mm):
-    """A function that drops the file-mapped pages under an array viewing ``mm`` from RSS.
-
-    mm: the ``np.memmap`` a GGUFReader maps (``reader.data``). The pages stay in the
-    page cache; touching them again re-faults them. Arrays not inside mm are ignored.
-    """
-    raw = getattr(mm, "_mmap", None)
-    if raw is None or not hasattr(raw, "madvise"):
-        return lambda a: None
-    base, size, page = mm.ctypes.data, mm.nbytes, mmap.PAGESIZE
-
-    def release(a: np.ndarray) -> None:
-        start = a.ctypes.data - base
-        if start < 0 or start + a.nbytes > size:
-            return
-        lo = start // page * page
-        hi = min(size, -(-(start + a.nbytes) // page) * page)
-        raw.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-
-    return release
-
-
-def repack_weights(weights, release=None):
-    """-rtr: every Q8_0 matrix except token_embd with rows % 8 == 0 -> kind "q8_0_r8".
-
-    Returns (new Weights, RepackReport). Repacked matrices live in anonymous memory;
-    everything else is copied out of the file mapping too (norms, biases,
-    token_embd), so no view keeps the mmap alive: with -rtr the model is no longer
-    mmap-backed (what ik's -rtr does). ``release(array)`` (``mmap_releaser``) is called
-    on each source matrix once it is copied, so peak RSS holds about one model, not
-    the mapped file plus the copy.
-    """
-    t0 = time.perf_counter()
-    counts = {"n": 0, "bytes": 0}
-    kept: list[str] = []
-    done = release or (lambda a: None)
-    emb = weights.token_embd
-    emb_new = dataclasses.replace(emb, data=np.array(emb.data, copy=True))
-    done(emb.data)
-
-    def conv(wt, name):
-        if wt.kind != "q8_0" or wt.n_out % R8_ROWS:
-            if wt.kind == "q8_0":
-                kept.append(name)
-            out = dataclasses.replace(wt, data=np.array(wt.data, copy=True))
-        else:
-            counts["n"] += 1
-            counts["bytes"] += wt.data.nbytes
-            out = dataclasses.replace(wt, kind="q8_0_r8", data=pack_q8_0_r8(np.ascontiguousarray(wt.data)))
-        done(wt.data)
-        return out
-
-    layers = []
-    for i, L in enumerate(weights.layers):
-        mats = {f: conv(getattr(L, f), f"blk.{i}.{f}")
-                for f in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")}
-        layers.append(dataclasses.replace(L, attn_norm=_own(L.attn_norm), ffn_norm=_own(L.ffn_norm),
-                                          bq=_own(L.bq), bk=_own(L.bk), bv=_own(L.bv), **mats))
-    if weights.tied_output:
-        output = emb_new
-        kept.insert(0, "token_embd (tied output)")
-    else:
-        output = conv(weights.output, "output")
-        kept.insert(0, "token_embd")
-    new = dataclasses.replace(weights, token_embd=emb_new, layers=tuple(layers),
-                              output_norm=_own(weights.output_norm), output=output)
-    rep = RepackReport(n_repacked=counts["n"], n_kept=len(kept), mib_repacked=counts["bytes"] / 2**20,
-                       seconds=time.perf_counter() - t0, kept=tuple(kept))
-    return new, rep

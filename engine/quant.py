@@ -1,7 +1,7 @@
 """Q8_0 and fp16 conversions as numba kernels.
 
 Q8_0 block (ggml / gguf): fp16 scale ``d`` then 32 int8 quants, value = d*q;
-34 bytes, taken from ``gguf.GGML_QUANT_SIZES``. The quantizer is bit-exact with
+34 bytes, taken from ``gguf.GGML_QUANT_SIZES`` (``engine.layout``). The quantizer is bit-exact with
 ``gguf.quants.quantize(x, Q8_0)`` (float32 math: d = amax/127, id = 1/d,
 q = roundf(x*id) rounding half away from zero, d stored as fp16 RNE).
 
@@ -11,14 +11,11 @@ two bytes inside a Q8_0 block) and converted with exact integer code.
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from numba import njit, prange
 
 from engine._numba import NJIT, PARALLEL
-from engine._simd import Q8_BLOCK_BYTES, f32_bits, f32_from_bits
-
-QK8_0, Q8_0_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0]
-assert (QK8_0, Q8_0_BYTES) == (32, Q8_BLOCK_BYTES), "Q8_0 layout changed in gguf"
+from engine._simd import f32_bits, f32_from_bits
+from engine.layout import Q8_0_BYTES, Q8_0_SCALE_BYTES, QK8_0
 
 
 @njit(inline="always", **NJIT)
@@ -84,52 +81,53 @@ def _roundf(v):
 
 
 @njit(**NJIT)
-def _quantize_row_q8_0(x, out, out_off):
-    # x: (n,) f32 with n % 32 == 0; out: flat u8, row written at out_off (n/32*34 bytes)
-    nb = x.shape[0] // 32
+def quantize_row_q8_0(x, out, out_off):
+    """Q8_0 of one row x (n,) f32, n % 32 == 0, into the flat u8 out at byte out_off."""
+    nb = x.shape[0] // QK8_0
     for b in range(nb):
         amax = np.float32(0.0)
-        for i in range(32):
-            a = abs(x[b * 32 + i])
+        for i in range(QK8_0):
+            a = abs(x[b * QK8_0 + i])
             if a > amax:
                 amax = a
         d = amax / np.float32(127.0)
         idv = np.float32(0.0) if d == 0 else np.float32(1.0) / d
-        o = out_off + b * 34
+        o = out_off + b * Q8_0_BYTES
         hb = f32_to_f16_bits(d)
         out[o] = hb & 0xFF
         out[o + 1] = (hb >> 8) & 0xFF
-        for i in range(32):
-            q = np.int64(_roundf(x[b * 32 + i] * idv))
-            out[o + 2 + i] = q & 0xFF
+        for i in range(QK8_0):
+            q = np.int64(_roundf(x[b * QK8_0 + i] * idv))
+            out[o + Q8_0_SCALE_BYTES + i] = q & 0xFF
 
 
 @njit(**PARALLEL)
 def _quantize_rows_q8_0(x, out):
     # x: (n_rows, n) f32; out: (n_rows, n/32*34) u8
     for r in prange(x.shape[0]):
-        _quantize_row_q8_0(x[r], out[r], 0)
+        quantize_row_q8_0(x[r], out[r], 0)
 
 
 @njit(**NJIT)
 def _quantize_rows_q8_0_serial(x, out):
     # small batches (TG): a parallel launch would cost more than the work
     for r in range(x.shape[0]):
-        _quantize_row_q8_0(x[r], out[r], 0)
+        quantize_row_q8_0(x[r], out[r], 0)
 
 
 @njit(**PARALLEL)
 def _dequantize_rows_q8_0(q, out):
     # q: (n_rows, nb*34) u8; out: (n_rows, nb*32) f32
-    nb = q.shape[1] // 34
+    nb = q.shape[1] // Q8_0_BYTES
     for r in prange(q.shape[0]):
         for b in range(nb):
-            d = f16_bits_to_f32(np.int64(q[r, b * 34]) | (np.int64(q[r, b * 34 + 1]) << 8))
-            for i in range(32):
-                v = np.int64(q[r, b * 34 + 2 + i])
+            o = b * Q8_0_BYTES
+            d = f16_bits_to_f32(np.int64(q[r, o]) | (np.int64(q[r, o + 1]) << 8))
+            for i in range(QK8_0):
+                v = np.int64(q[r, o + Q8_0_SCALE_BYTES + i])
                 if v > 127:
                     v -= 256
-                out[r, b * 32 + i] = d * np.float32(v)
+                out[r, b * QK8_0 + i] = d * np.float32(v)
 
 
 @njit(**PARALLEL)

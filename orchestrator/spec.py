@@ -34,7 +34,7 @@ PLANNED = ("c", "ub", "tg", "threads")
 
 def shapes() -> tuple[str, ...]:
     """The engine's synthetic shapes (its registry, imported without numba)."""
-    from engine.synth import ALL_SHAPES
+    from engine.shapes import ALL_SHAPES
     return tuple(ALL_SHAPES)
 
 

@@ -72,7 +72,11 @@ def _dense(t) -> np.ndarray:
 
 
 class RefModel:
-    """float64 llama/qwen2 forward with an exact (uncompressed) KV cache."""
+    """float64 llama/qwen2/qwen3 forward with an exact (uncompressed) KV cache.
+
+    qwen3 (llama.cpp's graph): no q/k/v biases; q and k RMSNorm'd per head with
+    attn_{q,k}_norm before NEOX RoPE; head size from attention.key_length.
+    """
 
     def __init__(self, path):
         r = GGUFReader(str(path))
@@ -88,11 +92,11 @@ class RefModel:
         self.L = int(kv(f"{arch}.block_count"))
         self.H = int(kv(f"{arch}.attention.head_count"))
         self.Hkv = int(kv(f"{arch}.attention.head_count_kv", self.H))
-        self.hd = self.E // self.H
+        self.hd = int(kv(f"{arch}.attention.key_length", self.E // self.H))
         self.eps = float(kv(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5))
         self.base = float(kv(f"{arch}.rope.freq_base", 10000.0))
         self.n_rot = int(kv(f"{arch}.rope.dimension_count", self.hd))
-        self.neox = arch == "qwen2"
+        self.neox = arch in ("qwen2", "qwen3")
         self.K = [np.zeros((0, self.Hkv, self.hd)) for _ in range(self.L)]
         self.V = [np.zeros((0, self.Hkv, self.hd)) for _ in range(self.L)]
 
@@ -112,8 +116,12 @@ class RefModel:
             q = h @ t[p + "attn_q.weight"].T + t.get(p + "attn_q.bias", 0.0)
             k = h @ t[p + "attn_k.weight"].T + t.get(p + "attn_k.bias", 0.0)
             v = h @ t[p + "attn_v.weight"].T + t.get(p + "attn_v.bias", 0.0)
-            q = rope(q.reshape(n, self.H, self.hd), positions, self.n_rot, self.base, self.neox)
-            k = rope(k.reshape(n, self.Hkv, self.hd), positions, self.n_rot, self.base, self.neox)
+            q, k = q.reshape(n, self.H, self.hd), k.reshape(n, self.Hkv, self.hd)
+            if p + "attn_q_norm.weight" in t:        # qwen3: per-head norms before RoPE
+                q = rmsnorm(q, t[p + "attn_q_norm.weight"], self.eps)
+                k = rmsnorm(k, t[p + "attn_k_norm.weight"], self.eps)
+            q = rope(q, positions, self.n_rot, self.base, self.neox)
+            k = rope(k, positions, self.n_rot, self.base, self.neox)
             assert self.K[i].shape[0] == pos
             self.K[i] = np.concatenate([self.K[i], k])
             self.V[i] = np.concatenate([self.V[i], v.reshape(n, self.Hkv, self.hd)])

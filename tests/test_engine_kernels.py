@@ -222,3 +222,24 @@ def test_gemm_q8_0_multi_equals_separate_calls(simd, n_mats, n_tok):
     outs = gemm_q8_0_multi(ws, xq, simd=simd)
     for w, o in zip(ws, outs):
         assert np.array_equal(o, gemm_q8_0(w, xq, simd=simd))
+
+
+def test_scalar_entry_points_hold_no_avx2_code(tmp_path):
+    """One body per kernel: the ISA is a literal, and the scalar build must not contain the
+    AVX2 int8 instructions (they would not even assemble on a host without AVX2)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from engine import matmul, q8_0_r8\n"
+        "from engine.quant import quantize_q8_0\n"
+        "w = quantize_q8_0(np.ones((16, 64), np.float32)); x = quantize_q8_0(np.ones((3, 64), np.float32))\n"
+        "matmul.gemm_q8_0(w, x, simd='scalar'); q8_0_r8.gemm_q8_0_r8(q8_0_r8.pack_q8_0_r8(w), x, simd='scalar')\n"
+        "for f in (matmul._gemm_q8_0_scalar, q8_0_r8._gemm_r8_scalar):\n"
+        "    print(f.__name__, 'vpmaddubsw' in f.inspect_asm(f.signatures[0]))\n"
+    )
+    env = dict(__import__("os").environ, NUMBA_CACHE_DIR=str(tmp_path))  # cached code shows no asm
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["_gemm_q8_0_scalar", "False", "_gemm_r8_scalar", "False"]

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from engine import load_model, make_model
-from engine.gemma3 import Gemma3Model
 import reference as ref
 from reference_gemma3 import RefGemma3
 
@@ -54,7 +53,7 @@ def g3_ref(g3_tiny):
 def test_config_from_gguf(g3_tiny, model_factory):
     m = load_model(g3_tiny, n_ctx=128)
     c = m.config
-    assert isinstance(m, Gemma3Model) and c.arch == "gemma3" and c.rope_neox
+    assert c.arch == "gemma3" and c.rope_neox and c.qk_norm and c.post_norms and c.ffn_act == "gelu"
     assert c.sliding_window == WINDOW and c.head_dim == 128 and c.n_embd == 256   # head_dim != dim/heads
     assert c.swa_layers == (True, True, True, True, True, False)   # llama.cpp's default pattern of 6
     assert c.attn_scale == pytest.approx(128 ** -0.5) and c.embd_scale == pytest.approx(16.0)
@@ -204,5 +203,6 @@ def test_bad_sliding_window_in_file(g3_tiny, tmp_path):
     r = GGUFReader(str(bad), "r+")
     r.fields["gemma3.attention.sliding_window"].parts[-1][0] = 0
     del r
-    with pytest.raises(GGUFError, match=r"bad-window\.gguf: gemma3\.attention\.sliding_window must be > 0"):
+    with pytest.raises(GGUFError, match=r"bad-window\.gguf: gemma3\.attention\.sliding_window = 0: "
+                                        r"must be an integer in \[1, "):
         load_model(bad, n_ctx=32)

@@ -14,15 +14,22 @@ from gguf import quants as gguf_quants
 
 from engine import make_model
 from engine.errors import GGUFError
-from engine.gguf_file import GGUFFile, StringArray
-from engine.gguf_model import _field_value, open_gguf
+from engine.gguf_file import GGUFFile, StringArray, open_gguf
 
 V = GGUFValueType
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _field_value(g: GGUFFile, key: str):
+    """A key's value, arrays as their length (how the engine read keys before engine.metadata)."""
+    f = g.fields.get(key)
+    if f is None:
+        return None
+    return len(f.value) if f.type == V.ARRAY else f.value
+
+
 def _reader_field_value(r: GGUFReader, key: str):
-    """engine.gguf_model._field_value as it was on top of GGUFReader."""
+    """_field_value on top of GGUFReader."""
     f = r.fields.get(key)
     if f is None or not f.types:
         return None
@@ -209,7 +216,7 @@ def test_bad_value_type_and_alignment(tmp_path, written):
     p = _patch(written, tmp_path / "t.gguf", _key_value_at(written, "t.u8"), "<I", 77)
     _expect_one_line(p, "(t.u8) value type 77 is not a GGUF value type")
     p = _patch(written, tmp_path / "al.gguf", _key_value_at(written, "general.alignment") + 4, "<I", 48)
-    _expect_one_line(p, "general.alignment must be a power-of-two uint32")
+    _expect_one_line(p, "general.alignment = 48 (uint32): must be a power-of-two uint32")
 
 
 def test_not_gguf_and_unreadable(tmp_path):

@@ -9,8 +9,9 @@ import pytest
 import reference as ref
 import reference_moe as rm
 from engine import _numba, load_model
-from engine.moe import Experts, MoEConfig, MoEWeights, moe_ffn, route
-from engine.gguf_model import Weight
+from engine.archs import MoEConfig
+from engine.moe import MoEWeights, moe_ffn, route
+from engine.tensors import Experts, Weight
 from engine.quant import quantize_q8_0
 
 PROMPT = np.array([1, 17, 250, 3, 99, 500, 42, 7, 128, 64, 300, 11])
@@ -104,9 +105,10 @@ def test_route_sigmoid_bias_norm_scale():
 def test_weight_bytes_count_only_used_experts(model_factory):
     m = load_model(model_factory("moe-tiny", seed=3), n_ctx=32)
     L = m.weights.layers[0]
-    per_expert = sum(x.bytes_per_expert for x in (L.moe.gate, L.moe.up, L.moe.down))
-    attn = sum(x.nbytes for x in (L.wq, L.wk, L.wv, L.wo))
-    shared = sum(x.nbytes for x in (L.moe.sh_gate, L.moe.sh_up, L.moe.sh_down))
-    layer = attn + L.moe.gate_inp.nbytes + shared + m.moe.n_expert_used * per_expert
+    moe = L.ffn.w
+    per_expert = sum(x.bytes_per_expert for x in (moe.gate, moe.up, moe.down))
+    attn = sum(x.nbytes for x in (L.attn.wq, L.attn.wk, L.attn.wv, L.attn.wo))
+    shared = sum(x.nbytes for x in (moe.sh_gate, moe.sh_up, moe.sh_down))
+    layer = attn + moe.gate_inp.nbytes + shared + m.config.moe.n_expert_used * per_expert
     assert m.weight_bytes_per_token == m.weights.output.nbytes + layer * m.config.n_layer
     assert m.weight_bytes_per_token < m.size_bytes

@@ -231,13 +231,13 @@ def test_model_logits_repack_and_rtr_on_off(micro_model):
         if kw.get("rtr"):
             rep = m.rtr_report
             assert rep.n_repacked == 7 * n_layer + 1 and rep.kept == ("token_embd",)
-            assert m.weights.layers[0].wq.kind == "q8_0_r8" and m.weights.token_embd.kind == "q8_0"
+            assert m.weights.layers[0].attn.wq.kind == "q8_0_r8" and m.weights.token_embd.kind == "q8_0"
         for a, b in zip(out, base):
             assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max(), kw
 
 
 def test_rtr_log_line_and_no_mmap(micro_model):
-    from engine.no_mmap import weights_are_owned
+    from engine.residency import weights_are_owned
 
     lines = []
     m = load_model(micro_model, n_ctx=32, rtr=True, log=lines.append)
@@ -258,16 +258,18 @@ def _thread_ids(n):
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 CPUs")
 @pytest.mark.parametrize("t,tb", [(1, 2), (2, 1)])
 def test_threads_tg_and_pp_take_effect(micro_model, monkeypatch, t, tb):
-    import engine.model as em
+    import engine.tensors as et
 
     seen = []
-    real = em._matmul
 
-    def spy(w, x, xq):
-        seen.append((x.shape[0], numba.get_num_threads(), set(_thread_ids(256).tolist())))
-        return real(w, x, xq)
+    def spy(real):
+        def kernel(ws, xq, *a, **kw):
+            seen.append((xq.shape[0], numba.get_num_threads(), set(_thread_ids(256).tolist())))
+            return real(ws, xq, *a, **kw)
+        return kernel
 
-    monkeypatch.setattr(em, "_matmul", spy)
+    monkeypatch.setattr(et, "gemm_q8_0", spy(et.gemm_q8_0))
+    monkeypatch.setattr(et, "gemm_q8_0_multi", spy(et.gemm_q8_0_multi))
     m = load_model(micro_model, n_ctx=32, n_threads=t, n_threads_batch=tb)
     m.eval(PROMPT[:8], 0)
     m.eval([3], 8)

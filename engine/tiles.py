@@ -1,0 +1,179 @@
+"""ISA leaf primitives: the int8 dot tiles and row conversions every kernel body is built from.
+
+Each primitive takes the body's literal ``kind`` (``engine._numba.AVX2`` or ``SCALAR``)
+and is resolved when numba types the call: the AVX2 form calls the intrinsics of
+``engine._simd*``, the scalar form is plain numba and is the reference the intrinsics
+are tested against; only the chosen form is compiled (the scalar build holds no AVX2
+instruction) and it is inlined into the calling kernel (``overload(inline="always")``:
+a call per tile would cost as much as a small tile). Kernel bodies (matmul, MoE, R8,
+attention) are written once over these, so the two paths cannot drift apart. The
+primitives run inside numba code only; ``kind`` must be a compile-time literal.
+
+Q8_0 byte layout (engine.layout): a row is nb consecutive 34-byte blocks (fp16 d, 32 i8).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.core.errors import TypingError
+from numba.extending import overload
+
+from engine._numba import AVX2, NJIT
+from engine._simd import f16_to_f32, q8_tile_1x1, q8_tile_4x1, q8_tile_4x2, q8_tile_8x1
+from engine._simd_f32 import q8_0_to_f32
+from engine._simd_r8 import r8_tile_1, r8_tile_2, r8_tile_4
+from engine.layout import Q8_0_BYTES, Q8_0_SCALE_BYTES, QK8_0, R8_BLOCK_BYTES, R8_ROWS
+from engine.quant import f16_bits_to_f32
+
+
+@njit(inline="always", **NJIT)
+def _i8(v):
+    q = np.int64(v)
+    return q - 256 if q > 127 else q
+
+
+@njit(inline="always", **NJIT)
+def _f16_at(a, o):
+    # the fp16 stored little-endian at byte o of the u8 array a, as f32
+    return f16_bits_to_f32(np.int64(a[o]) | (np.int64(a[o + 1]) << 8))
+
+
+@njit(**NJIT)
+def dot_q8_0_scalar(w, wo, x, xo, nb):
+    """Plain-numba Q8_0 . Q8_0 over nb blocks at byte offsets wo of w and xo of x."""
+    acc = np.float32(0.0)
+    for b in range(nb):
+        pw = wo + b * Q8_0_BYTES
+        px = xo + b * Q8_0_BYTES
+        s = 0
+        for i in range(QK8_0):
+            s += _i8(w[pw + Q8_0_SCALE_BYTES + i]) * _i8(x[px + Q8_0_SCALE_BYTES + i])
+        acc += np.float32(s) * (_f16_at(w, pw) * _f16_at(x, px))
+    return acc
+
+
+@njit(**NJIT)
+def dot8_r8_scalar(out, out_off, w, wo, x, xo, nb):
+    """Plain numba: out[out_off+k] = row k of the Q8_0_R8 group at byte wo . the Q8_0 row at xo."""
+    for k in range(R8_ROWS):
+        acc = np.float32(0.0)
+        for b in range(nb):
+            o = wo + b * R8_BLOCK_BYTES
+            px = xo + b * Q8_0_BYTES
+            s = 0
+            for j in range(8):
+                for i in range(4):
+                    s += _i8(w[o + 16 + 32 * j + 4 * k + i]) * _i8(x[px + Q8_0_SCALE_BYTES + 4 * j + i])
+            acc += np.float32(s) * (_f16_at(w, o + 2 * k) * _f16_at(x, px))
+        out[out_off + k] = acc
+
+
+def _form(name: str, kind) -> int:
+    """The ISA literal a call was typed with (engine._numba.AVX2 or SCALAR)."""
+    if not isinstance(kind, types.IntegerLiteral):
+        raise TypingError(f"engine.tiles.{name}: kind must be a compile-time literal, got {kind}")
+    return kind.literal_value
+
+
+def q8_tile(kind, out, oo, ocs, w, wo, wrs, x, xo, xcs, nb, nr, nc):
+    """out[oo + c*ocs + r] = W row r . X row c (Q8_0 . Q8_0 over nb blocks) for r < nr, c < nc.
+
+    Row r of W starts at byte wo + r*wrs of w, row c of X at xo + c*xcs of x; out is flat
+    f32, w and x flat u8. AVX2 uses one register tile for (nr, nc) = (8, 1), (4, 2) or
+    (4, 1) and single dots otherwise; every output is the same sum in either shape.
+    """
+    raise NotImplementedError("engine.tiles primitives run inside numba kernels only")
+
+
+def _q8_tile_avx2(kind, out, oo, ocs, w, wo, wrs, x, xo, xcs, nb, nr, nc):
+    if nr == 4 and nc == 2:
+        q8_tile_4x2(out, oo, ocs, w, wo, wrs, x, xo, xcs, nb)
+    elif nr == 8 and nc == 1:
+        q8_tile_8x1(out, oo, ocs, w, wo, wrs, x, xo, xcs, nb)
+    elif nr == 4 and nc == 1:
+        q8_tile_4x1(out, oo, ocs, w, wo, wrs, x, xo, xcs, nb)
+    else:
+        for r in range(nr):
+            for c in range(nc):
+                q8_tile_1x1(out, oo + c * ocs + r, 0, w, wo + r * wrs, 0, x, xo + c * xcs, 0, nb)
+
+
+def _q8_tile_scalar(kind, out, oo, ocs, w, wo, wrs, x, xo, xcs, nb, nr, nc):
+    for r in range(nr):
+        for c in range(nc):
+            out[oo + c * ocs + r] = dot_q8_0_scalar(w, wo + r * wrs, x, xo + c * xcs, nb)
+
+
+@overload(q8_tile, inline="always", prefer_literal=True)
+def _q8_tile(kind, out, oo, ocs, w, wo, wrs, x, xo, xcs, nb, nr, nc):
+    return _q8_tile_avx2 if _form("q8_tile", kind) == AVX2 else _q8_tile_scalar
+
+
+def r8_tile(kind, out, oo, ocs, w, wo, x, x0, x1, x2, x3, nb, nc):
+    """out[oo + c*ocs + k] = row k of the R8 group at byte wo of w . the Q8_0 row at byte x_c of x,
+    for k < 8 and c < nc (1, 2 or 4; x_c for c >= nc is ignored)."""
+    raise NotImplementedError("engine.tiles primitives run inside numba kernels only")
+
+
+def _r8_tile_avx2(kind, out, oo, ocs, w, wo, x, x0, x1, x2, x3, nb, nc):
+    if nc == 4:
+        r8_tile_4(out, oo, ocs, w, wo, x, x0, x1, x2, x3, nb)
+    elif nc == 2:
+        r8_tile_2(out, oo, ocs, w, wo, x, x0, x1, 0, 0, nb)
+    else:
+        r8_tile_1(out, oo, ocs, w, wo, x, x0, 0, 0, 0, nb)
+
+
+def _r8_tile_scalar(kind, out, oo, ocs, w, wo, x, x0, x1, x2, x3, nb, nc):
+    dot8_r8_scalar(out, oo, w, wo, x, x0, nb)
+    if nc > 1:
+        dot8_r8_scalar(out, oo + ocs, w, wo, x, x1, nb)
+    if nc > 2:
+        dot8_r8_scalar(out, oo + 2 * ocs, w, wo, x, x2, nb)
+        dot8_r8_scalar(out, oo + 3 * ocs, w, wo, x, x3, nb)
+
+
+@overload(r8_tile, inline="always", prefer_literal=True)
+def _r8_tile(kind, out, oo, ocs, w, wo, x, x0, x1, x2, x3, nb, nc):
+    return _r8_tile_avx2 if _form("r8_tile", kind) == AVX2 else _r8_tile_scalar
+
+
+def f16_row(kind, dst, do, src, so, n):
+    """dst[do:do+n] = the n fp16 values at byte so of the u8 array src, as f32."""
+    raise NotImplementedError("engine.tiles primitives run inside numba kernels only")
+
+
+def _f16_row_avx2(kind, dst, do, src, so, n):
+    f16_to_f32(dst, do, src, so, n)
+
+
+def _f16_row_scalar(kind, dst, do, src, so, n):
+    for i in range(n):
+        dst[do + i] = _f16_at(src, so + 2 * i)
+
+
+@overload(f16_row, inline="always", prefer_literal=True)
+def _f16_row(kind, dst, do, src, so, n):
+    return _f16_row_avx2 if _form("f16_row", kind) == AVX2 else _f16_row_scalar
+
+
+def q8_0_row(kind, dst, do, src, so, nb):
+    """dst[do + 32b + t] = d_b * q_b[t]: nb Q8_0 blocks at byte so of src, dequantized to f32."""
+    raise NotImplementedError("engine.tiles primitives run inside numba kernels only")
+
+
+def _q8_0_row_avx2(kind, dst, do, src, so, nb):
+    q8_0_to_f32(dst, do, src, so, nb)
+
+
+def _q8_0_row_scalar(kind, dst, do, src, so, nb):
+    for b in range(nb):
+        o = so + b * Q8_0_BYTES
+        d = _f16_at(src, o)
+        for t in range(QK8_0):
+            dst[do + b * QK8_0 + t] = d * np.float32(_i8(src[o + Q8_0_SCALE_BYTES + t]))
+
+
+@overload(q8_0_row, inline="always", prefer_literal=True)
+def _q8_0_row(kind, dst, do, src, so, nb):
+    return _q8_0_row_avx2 if _form("q8_0_row", kind) == AVX2 else _q8_0_row_scalar
