@@ -284,7 +284,8 @@ def architecture(gf: GGUFFile) -> Arch:
     arch = Meta(gf).str(Keys.General.ARCHITECTURE)
     entry = ARCHS.get(arch)
     if entry is None:
-        raise GGUFError(f"{gf.path}: unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
+        raise GGUFError(f"{gf.path}: general.architecture = {arch!r}: unsupported architecture "
+                        f"(supported: {', '.join(ARCHS)})")
     return entry
 
 

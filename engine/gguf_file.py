@@ -228,6 +228,9 @@ class GGUFFile:
                 raise GGUFError(f"{path}: general.alignment = {alignment!r} ({f.type.name.lower()}): "
                                 "must be a power-of-two uint32")
         data_offset = -(-cur.pos // alignment) * alignment
+        if data_offset > cur.size and infos:
+            raise GGUFError(f"{path}: truncated or damaged: the tensor data starts at byte {data_offset} "
+                            f"(general.alignment = {alignment}), past the end of the file ({cur.size} bytes)")
         tensors = [_tensor(path, mm, data_offset, *info) for info in infos]
         return cls(path, mm, version, alignment, data_offset, fields, tensors)
 

@@ -350,17 +350,6 @@ CASES = [
 
 # Cases that fail until issue 15 item 2 (GGUF metadata checks, non-regular files refused before
 # open) is merged; the lead removes them from this set at integration.
-NEEDS_ITEM_2 = {
-    "fifo", "arch-as-uint32", "arch-unknown", "alignment-2^30-data-past-eof",
-    "llama-embedding-length-string", "llama-embedding-length-numeric-string", "llama-embedding-length-0",
-    "llama-embedding-length-2^40", "llama-block-count-nan", "llama-block-count-0", "llama-block-count-10^6",
-    "llama-head-count-0", "llama-head-count-kv-3", "llama-rope-dimension-count-0", "llama-rope-dimension-count-odd",
-    "llama-rms-epsilon-nan", "llama-freq-base-0", "llama-rope-scaling-factor-0", "llama-vocab-size-0",
-    "qwen2-embedding-length-string", "qwen2-head-count-kv-0", "qwen2-rope-dimension-count-0",
-    "gemma3-sliding-window-string", "gemma3-key-length-0", "gemma3-softcap-nan",
-    "qwen2moe-expert-count-0", "qwen2moe-expert-used-9-of-8", "qwen2moe-expert-used-0", "qwen2moe-expert-ffn-string",
-    "deepseek2-kv-lora-rank-0", "deepseek2-q-lora-rank-string", "deepseek2-rope-dims-over-key-length",
-    "deepseek2-dense-lead-over-blocks", "deepseek2-yarn-factor-0",
-}
+NEEDS_ITEM_2: set[str] = set()  # all of them hold since issue 15 item 2 landed
 CASES = [dataclasses.replace(c, xfail="needs issue 15 item 2") if c.name in NEEDS_ITEM_2 else c for c in CASES]
 assert NEEDS_ITEM_2 <= {c.name for c in CASES}

@@ -70,7 +70,7 @@ def test_truncated(tmp_path, micro_model, capsys):
 
 @pytest.mark.parametrize("edit,needle", [
     (_bad_offset, "lies outside the file"),
-    (_bad_arch, "unsupported architecture 'mamba'"),
+    (_bad_arch, "general.architecture = 'mamba': unsupported architecture"),
     (lambda r: _rename(r, "blk.1.ffn_down.weight", "blk.1.ffn_dowX.weight"), "missing tensor blk.1.ffn_down.weight"),
 ])
 def test_damaged_files(tmp_path, micro_model, capsys, edit, needle):
