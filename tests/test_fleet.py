@@ -167,8 +167,8 @@ def test_host_with_other_model_bytes_is_excluded(fleet3, tmp_path, model_factory
     finally:
         odd.unlink()
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    lines = [ln for ln in res.stdout.splitlines() if "excluded" in ln]
-    assert len(lines) == 1, res.stdout
+    lines = [ln for ln in res.stderr.splitlines() if "excluded" in ln]  # progress and notes go to stderr
+    assert len(lines) == 1, res.stderr
     line = lines[0]
     assert line.startswith(f"host {PROFILES[2]} excluded: model micro-seed0 at {odd}: sha256 ")
     with Store.open(tmp_path / "numasweep-results" / "numasweep.db") as store:
@@ -222,7 +222,7 @@ def test_lost_host_makes_run_partial_and_resume_measures_only_what_is_missing(fl
     res = numasweep("resume", str(run["id"]), "--address", fleet3.run_address, "--no-report", cwd=tmp_path,
                     timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    assert f"{lost} point(s) to measure" in res.stdout, res.stdout[:2000]
+    assert f"{lost} point(s) to measure" in res.stderr, res.stderr[:2000]
     with Store.open(db) as store:
         pts = store.points(run["id"])
         assert store.run(run["id"])["status"] == "ok"
