@@ -13,6 +13,7 @@ import argparse
 from engine.cli_edge import add_debug_flag
 from engine.cli_edge import run as run_cli
 from engine.errors import EngineError
+from engine.inspect import check_model_file
 from engine.options import (SETTINGS, UNSUPPORTED_FLAGS, OptionError, check_combination, describe, option_flag,
                             parse_flash)
 from engine.shapes import ALL_SHAPES, WTYPES
@@ -72,17 +73,19 @@ def bench_settings(args: argparse.Namespace) -> dict:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.output_format not in OUTPUT_FORMATS:
+        raise EngineError(f"--output-format: unknown format {args.output_format!r} "
+                          f"(allowed: {', '.join(OUTPUT_FORMATS)})")
+    v = bench_settings(args)
+    check_model_file(args.model)  # a bad file is refused before numba and the kernels load
+
     from engine import _numba
     from engine.bench_watch import BenchWatch
     from engine.model import load_model, stderr_log
     from engine.sweep import TABLE_HEADER, TABLE_RULE, SweepConfig, format_jsonl, main_line, sweep
 
-    if args.output_format not in OUTPUT_FORMATS:
-        raise EngineError(f"--output-format: unknown format {args.output_format!r} "
-                          f"(allowed: {', '.join(OUTPUT_FORMATS)})")
     jsonl = args.output_format == "jsonl"
     info = stderr_log if jsonl else (lambda s: print(s, flush=True))
-    v = bench_settings(args)
     cfg = SweepConfig.from_settings(v)
     model = load_model(args.model, n_ctx=v["c"], type_k=v["type_k"], type_v=v["type_v"],
                        flash_attn=v["flash_attn"], n_threads=v["threads"], n_threads_batch=v["threads_batch"],
