@@ -14,6 +14,10 @@ QK8_0, Q8_0_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0]   # 32 values, 3
 Q8_0_SCALE_BYTES = Q8_0_BYTES - QK8_0                              # the fp16 d before the quants
 R8_ROWS = 8                                                        # rows per Q8_0_R8 group
 R8_BLOCK_BYTES = R8_ROWS * Q8_0_BYTES                              # 272: d[8] fp16 + qs[256]
+# PP GEMM scratch (engine._simd_w16): 8 rows of one block widened to int16, and an
+# activation block's quants as int16 (its scale kept apart as f32).
+W16_BLOCK_BYTES = 2 * R8_ROWS + 2 * R8_ROWS * QK8_0                # 528: d[8] fp16 + 256 int16
+X16_BLOCK_BYTES = 2 * QK8_0                                        # 64
 assert (QK8_0, Q8_0_BYTES, Q8_0_SCALE_BYTES) == (32, 34, 2), "Q8_0 layout changed in gguf"
 
 

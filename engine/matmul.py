@@ -5,9 +5,15 @@ Layouts (row-major, like ggml's ``mul_mat(W, X)``):
   X  (n_tok, nb*34) u8   activations quantized with ``quant.quantize_q8_0``
   Y  (n_tok, n_out) f32  Y[t, r] = sum_b dW[r,b] dX[t,b] * (qW[r,b] . qX[t,b])
 The int8 dot per 32-block is exact in int32; only the per-block scaling and the
-sum over blocks are float. TG (n_tok = 1) is a GEMV over 8-row tiles; PP tiles
-4 rows x 2 tokens (``engine.tiles.q8_tile``, one body for the AVX2 and scalar
-paths). prange runs over disjoint output tiles.
+sum over blocks are float. TG (n_tok = 1) is a GEMV over 8-row tiles
+(``engine.tiles.q8_tile``). PP with at least ``W16_MIN_TOK`` tokens first widens X to
+int16 (one pass), then works on slabs of ``SLAB`` rows: each slab is widened and
+interleaved 8 rows at a time into a per-item buffer (the W16 layout of
+``engine._simd_w16``; ik_llama.cpp likewise converts Q8_0 to an interleaved form for
+batches of >= 32) and multiplied 8 rows x 4 tokens at a time (``engine.tiles.w16_tile``):
+one int32->f32 conversion per block serves 8 rows, and each 4-token tile of X is
+reused by the slab's groups while it is in L1. Smaller batches tile 4 rows x 2 tokens.
+One body for the AVX2 and scalar paths; prange runs over disjoint output tiles.
 """
 from __future__ import annotations
 
@@ -15,21 +21,82 @@ import numpy as np
 from numba import njit, prange
 
 from engine._numba import AVX2, FAST_PARALLEL, NJIT, PARALLEL, SCALAR, isa
-from engine.layout import Q8_0_BYTES
-from engine.tiles import q8_tile
+from engine.layout import Q8_0_BYTES, R8_ROWS, W16_BLOCK_BYTES, X16_BLOCK_BYTES
+from engine.tiles import i16_row, q8_tile, w16_pack, w16_tile
+
+SLAB = 32          # rows per PP work item (4 groups share each X tile)
+W16_MIN_TOK = 8    # PP batches from this size take the widened (W16) path
 
 
 @njit(inline="always", **NJIT)
 def n_tiles(n_out, n_tok):
-    """Work items of one matrix: 8-row tiles for a GEMV (n_tok == 1), else 4-row tiles."""
-    return (n_out + 7) // 8 if n_tok == 1 else (n_out + 3) // 4
+    """Work items of one matrix: 8-row tiles for a GEMV (n_tok == 1), SLAB-row slabs for
+    PP of at least W16_MIN_TOK tokens, else 4-row tiles."""
+    if n_tok == 1:
+        return (n_out + 7) // 8
+    if n_tok >= W16_MIN_TOK:
+        return (n_out + SLAB - 1) // SLAB
+    return (n_out + 3) // 4
 
 
 @njit(inline="always", **NJIT)
-def _gemm_tile(kind, w, n_out, x, n_tok, nb, out, tile):
+def _rows_x_tokens(kind, w, n_out, x, n_tok, nb, out, r0, nr):
+    # rows [r0, r0 + nr) x every token with Q8_0 tiles of 4 rows x 2 tokens
+    rb = nb * Q8_0_BYTES
+    r = r0
+    while r < r0 + nr:
+        mr = min(4, r0 + nr - r)
+        t = 0
+        while t < n_tok:
+            nc = min(2, n_tok - t)
+            q8_tile(kind, out, t * n_out + r, n_out, w, r * rb, rb, x, t * rb, rb, nb, mr, nc)
+            t += nc
+        r += mr
+
+
+@njit(inline="always", **NJIT)
+def _x16_alloc(n_tok, nb):
+    # X16 scratch for the slab path: (n_tok*nb*64) u8 int16 quants, (n_tok*nb) f32 scales;
+    # empty below W16_MIN_TOK (GEMV and small batches read the Q8_0 bytes)
+    n = n_tok if n_tok >= W16_MIN_TOK else 0
+    return np.empty(n * nb * X16_BLOCK_BYTES, dtype=np.uint8), np.empty(n * nb, dtype=np.float32)
+
+
+@njit(inline="always", **NJIT)
+def _x16_row(kind, x, nb, x16, xd, t):
+    i16_row(kind, x16, t * nb * X16_BLOCK_BYTES, xd, t * nb, x, t * nb * Q8_0_BYTES, nb)
+
+
+@njit(inline="always", **NJIT)
+def _slab(kind, w, n_out, x, n_tok, nb, out, r0, x16, xd):
+    # rows [r0, r0 + SLAB) x every token: whole 8-row groups widened into buf (ng*nb*528 u8),
+    # then per 4-token tile every group; rows past the last whole group as Q8_0 tiles
+    rb = nb * Q8_0_BYTES
+    gb = nb * W16_BLOCK_BYTES
+    nr = min(SLAB, n_out - r0)
+    ng = nr // R8_ROWS
+    if ng > 0:
+        buf = np.empty(ng * gb, dtype=np.uint8)
+        for g in range(ng):
+            w16_pack(kind, buf, g * gb, w, (r0 + g * R8_ROWS) * rb, rb, nb)
+        t = 0
+        while t < n_tok:
+            nc = min(4, n_tok - t)
+            if nc == 3:
+                nc = 2
+            for g in range(ng):
+                w16_tile(kind, out, t * n_out + r0 + g * R8_ROWS, n_out, buf, g * gb, x16, xd, t, nb, nc)
+            t += nc
+    if nr > ng * R8_ROWS:
+        _rows_x_tokens(kind, w, n_out, x, n_tok, nb, out, r0 + ng * R8_ROWS, nr - ng * R8_ROWS)
+
+
+@njit(inline="always", **NJIT)
+def _gemm_tile(kind, w, n_out, x, n_tok, nb, out, tile, x16, xd):
     # One work item of Y = X W^T: w flat (n_out*nb*34) u8, x flat (n_tok*nb*34) u8, out flat
-    # (n_tok*n_out) f32. GEMV: rows [8 tile, 8 tile + 8) (a 4-row and single-row tail);
-    # PP: rows [4 tile, 4 tile + 4) x every token, two tokens per register tile.
+    # (n_tok*n_out) f32, x16/xd X's int16 form (filled when n_tok >= W16_MIN_TOK).
+    # GEMV: rows [8 tile, 8 tile + 8) (a 4-row and single-row tail);
+    # PP: a SLAB-row slab (or 4 rows for a small batch) x every token.
     rb = nb * Q8_0_BYTES
     if n_tok == 1:
         r = tile * 8
@@ -43,52 +110,66 @@ def _gemm_tile(kind, w, n_out, x, n_tok, nb, out, tile):
             q8_tile(kind, out, r, 0, w, r * rb, rb, x, 0, rb, nb, 1, 1)
             r += 1
         return
-    r0 = tile * 4
-    nr = min(4, n_out - r0)
-    t = 0
-    while t < n_tok:
-        nc = min(2, n_tok - t)
-        q8_tile(kind, out, t * n_out + r0, n_out, w, r0 * rb, rb, x, t * rb, rb, nb, nr, nc)
-        t += nc
+    if n_tok >= W16_MIN_TOK:
+        _slab(kind, w, n_out, x, n_tok, nb, out, tile * SLAB, x16, xd)
+    else:
+        r0 = tile * 4
+        _rows_x_tokens(kind, w, n_out, x, n_tok, nb, out, r0, min(4, n_out - r0))
 
 
 @njit(**PARALLEL)
 def _gemm_q8_0_avx2(w, n_out, x, n_tok, nb, out):
+    x16, xd = _x16_alloc(n_tok, nb)
+    if x16.size:
+        for t in prange(n_tok):
+            _x16_row(AVX2, x, nb, x16, xd, t)
     for tile in prange(n_tiles(n_out, n_tok)):
-        _gemm_tile(AVX2, w, n_out, x, n_tok, nb, out, tile)
+        _gemm_tile(AVX2, w, n_out, x, n_tok, nb, out, tile, x16, xd)
 
 
 @njit(**PARALLEL)
 def _gemm_q8_0_scalar(w, n_out, x, n_tok, nb, out):
+    x16, xd = _x16_alloc(n_tok, nb)
+    if x16.size:
+        for t in prange(n_tok):
+            _x16_row(SCALAR, x, nb, x16, xd, t)
     for tile in prange(n_tiles(n_out, n_tok)):
-        _gemm_tile(SCALAR, w, n_out, x, n_tok, nb, out, tile)
+        _gemm_tile(SCALAR, w, n_out, x, n_tok, nb, out, tile, x16, xd)
 
 
 @njit(inline="always", **NJIT)
-def _gemm3_tile(kind, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile):
+def _gemm3_tile(kind, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile, x16, xd):
     # work item `tile` of three matrices' tiles laid end to end
     t1 = n_tiles(n1, n_tok)
     t2 = n_tiles(n2, n_tok)
     if tile < t1:
-        _gemm_tile(kind, w1, n1, x, n_tok, nb, o1, tile)
+        _gemm_tile(kind, w1, n1, x, n_tok, nb, o1, tile, x16, xd)
     elif tile < t1 + t2:
-        _gemm_tile(kind, w2, n2, x, n_tok, nb, o2, tile - t1)
+        _gemm_tile(kind, w2, n2, x, n_tok, nb, o2, tile - t1, x16, xd)
     else:
-        _gemm_tile(kind, w3, n3, x, n_tok, nb, o3, tile - t1 - t2)
+        _gemm_tile(kind, w3, n3, x, n_tok, nb, o3, tile - t1 - t2, x16, xd)
 
 
 # Up to three matrices that share one input (q/k/v, gate/up) in one parallel launch:
 # TG runs ~8 launches per layer otherwise, and each costs tens of microseconds.
 @njit(**PARALLEL)
 def _gemm3_q8_0_avx2(w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb):
+    x16, xd = _x16_alloc(n_tok, nb)
+    if x16.size:
+        for t in prange(n_tok):
+            _x16_row(AVX2, x, nb, x16, xd, t)
     for tile in prange(n_tiles(n1, n_tok) + n_tiles(n2, n_tok) + n_tiles(n3, n_tok)):
-        _gemm3_tile(AVX2, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile)
+        _gemm3_tile(AVX2, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile, x16, xd)
 
 
 @njit(**PARALLEL)
 def _gemm3_q8_0_scalar(w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb):
+    x16, xd = _x16_alloc(n_tok, nb)
+    if x16.size:
+        for t in prange(n_tok):
+            _x16_row(SCALAR, x, nb, x16, xd, t)
     for tile in prange(n_tiles(n1, n_tok) + n_tiles(n2, n_tok) + n_tiles(n3, n_tok)):
-        _gemm3_tile(SCALAR, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile)
+        _gemm3_tile(SCALAR, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile, x16, xd)
 
 
 @njit(**FAST_PARALLEL)

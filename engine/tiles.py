@@ -22,7 +22,9 @@ from engine._numba import AVX2, NJIT
 from engine._simd import f16_to_f32, q8_tile_1x1, q8_tile_4x1, q8_tile_4x2, q8_tile_8x1
 from engine._simd_f32 import q8_0_to_f32
 from engine._simd_r8 import r8_tile_1, r8_tile_2, r8_tile_4
-from engine.layout import Q8_0_BYTES, Q8_0_SCALE_BYTES, QK8_0, R8_BLOCK_BYTES, R8_ROWS
+from engine._simd_w16 import q8_0_to_i16, w16_pack8, w16_tile_1, w16_tile_2, w16_tile_4
+from engine.layout import (Q8_0_BYTES, Q8_0_SCALE_BYTES, QK8_0, R8_BLOCK_BYTES, R8_ROWS, W16_BLOCK_BYTES,
+                           X16_BLOCK_BYTES)
 from engine.quant import f16_bits_to_f32
 
 
@@ -177,3 +179,122 @@ def _q8_0_row_scalar(kind, dst, do, src, so, nb):
 @overload(q8_0_row, inline="always", prefer_literal=True)
 def _q8_0_row(kind, dst, do, src, so, nb):
     return _q8_0_row_avx2 if _form("q8_0_row", kind) == AVX2 else _q8_0_row_scalar
+
+
+
+@njit(inline="always", **NJIT)
+def _i16_at(a, o):
+    # the int16 stored little-endian at byte o of the u8 array a
+    v = np.int64(a[o]) | (np.int64(a[o + 1]) << 8)
+    return v - 65536 if v > 32767 else v
+
+
+@njit(inline="always", **NJIT)
+def _put_i16(a, o, v):
+    a[o] = v & 0xFF
+    a[o + 1] = (v >> 8) & 0xFF
+
+
+@njit(**NJIT)
+def w16_pack_scalar(dst, do, src, so, rs, nb):
+    """Plain numba: the nb W16 blocks of the 8 Q8_0 rows at bytes so + k*rs, written at do."""
+    for k in range(R8_ROWS):
+        for b in range(nb):
+            s = so + k * rs + b * Q8_0_BYTES
+            o = do + b * W16_BLOCK_BYTES
+            dst[o + 2 * k] = src[s]
+            dst[o + 2 * k + 1] = src[s + 1]
+            for j in range(QK8_0 // 2):
+                for i in range(2):
+                    _put_i16(dst, o + 2 * R8_ROWS + 32 * j + 4 * k + 2 * i,
+                             _i8(src[s + Q8_0_SCALE_BYTES + 2 * j + i]))
+
+
+@njit(**NJIT)
+def i16_row_scalar(dst, do, dscale, dso, src, so, nb):
+    """Plain numba: nb Q8_0 blocks at byte so -> int16 quants at byte do, f32 scales at dso."""
+    for b in range(nb):
+        s = so + b * Q8_0_BYTES
+        dscale[dso + b] = _f16_at(src, s)
+        for t in range(QK8_0):
+            _put_i16(dst, do + b * X16_BLOCK_BYTES + 2 * t, _i8(src[s + Q8_0_SCALE_BYTES + t]))
+
+
+@njit(**NJIT)
+def dot8_w16_scalar(out, out_off, w, wo, x, xd, t, nb):
+    """Plain numba: out[out_off+k] = row k of the W16 group at byte wo . X16 row t (x, xd)."""
+    xo = t * nb * X16_BLOCK_BYTES
+    for k in range(R8_ROWS):
+        acc = np.float32(0.0)
+        for b in range(nb):
+            o = wo + b * W16_BLOCK_BYTES
+            s = 0
+            for j in range(QK8_0 // 2):
+                for i in range(2):
+                    s += (_i16_at(w, o + 2 * R8_ROWS + 32 * j + 4 * k + 2 * i)
+                          * _i16_at(x, xo + b * X16_BLOCK_BYTES + 4 * j + 2 * i))
+            acc += np.float32(s) * (_f16_at(w, o + 2 * k) * xd[t * nb + b])
+        out[out_off + k] = acc
+
+
+def w16_pack(kind, dst, do, src, so, rs, nb):
+    """dst[do:do + nb*528] = the W16 blocks (engine._simd_w16) of the 8 Q8_0 rows at bytes
+    so + k*rs of src (k < 8, nb blocks each): quants widened to int16, interleaved by pairs."""
+    raise NotImplementedError("engine.tiles primitives run inside numba kernels only")
+
+
+def _w16_pack_avx2(kind, dst, do, src, so, rs, nb):
+    w16_pack8(dst, do, src, so, rs, nb)
+
+
+def _w16_pack_scalar(kind, dst, do, src, so, rs, nb):
+    w16_pack_scalar(dst, do, src, so, rs, nb)
+
+
+@overload(w16_pack, inline="always", prefer_literal=True)
+def _w16_pack(kind, dst, do, src, so, rs, nb):
+    return _w16_pack_avx2 if _form("w16_pack", kind) == AVX2 else _w16_pack_scalar
+
+
+def i16_row(kind, dst, do, dscale, dso, src, so, nb):
+    """nb Q8_0 blocks at byte so of src -> quants as int16 at byte do of dst (64 bytes a
+    block), scales as f32 at dscale[dso:dso + nb] (the X16 form of engine._simd_w16)."""
+    raise NotImplementedError("engine.tiles primitives run inside numba kernels only")
+
+
+def _i16_row_avx2(kind, dst, do, dscale, dso, src, so, nb):
+    q8_0_to_i16(dst, do, dscale, dso, src, so, nb)
+
+
+def _i16_row_scalar(kind, dst, do, dscale, dso, src, so, nb):
+    i16_row_scalar(dst, do, dscale, dso, src, so, nb)
+
+
+@overload(i16_row, inline="always", prefer_literal=True)
+def _i16_row(kind, dst, do, dscale, dso, src, so, nb):
+    return _i16_row_avx2 if _form("i16_row", kind) == AVX2 else _i16_row_scalar
+
+
+def w16_tile(kind, out, oo, ocs, w, wo, x, xd, t0, nb, nc):
+    """out[oo + c*ocs + k] = row k of the W16 group at byte wo of w . X16 row t0 + c (x, xd),
+    for k < 8 and c < nc (1, 2 or 4)."""
+    raise NotImplementedError("engine.tiles primitives run inside numba kernels only")
+
+
+def _w16_tile_avx2(kind, out, oo, ocs, w, wo, x, xd, t0, nb, nc):
+    if nc == 4:
+        w16_tile_4(out, oo, ocs, w, wo, x, xd, t0, nb)
+    elif nc == 2:
+        w16_tile_2(out, oo, ocs, w, wo, x, xd, t0, nb)
+    else:
+        w16_tile_1(out, oo, ocs, w, wo, x, xd, t0, nb)
+
+
+def _w16_tile_scalar(kind, out, oo, ocs, w, wo, x, xd, t0, nb, nc):
+    for c in range(nc):
+        dot8_w16_scalar(out, oo + c * ocs, w, wo, x, xd, t0 + c, nb)
+
+
+@overload(w16_tile, inline="always", prefer_literal=True)
+def _w16_tile(kind, out, oo, ocs, w, wo, x, xd, t0, nb, nc):
+    return _w16_tile_avx2 if _form("w16_tile", kind) == AVX2 else _w16_tile_scalar

@@ -14,13 +14,17 @@ from engine.matmul import gemm_f32, gemm_q8_0
 from engine.ops import geglu_q8_0, rmsnorm, rmsnorm_q8_0, rope_cache, rope_inplace, softmax, swiglu, swiglu_q8_0
 from engine.quant import quantize_q8_0
 
+AVX2, SCALAR = _numba.AVX2, _numba.SCALAR   # globals: numba reads them as literals
 SIMDS = ["scalar"] + (["avx2"] if _numba.SIMD == "avx2" else [])
 rng = np.random.default_rng(7)
 
 
 @pytest.mark.parametrize("simd", SIMDS)
 @pytest.mark.parametrize("n_out,n_in,n_tok", [(67, 256, 5), (8, 32, 1), (130, 96, 2), (4, 64, 3),
-                                               (77, 64, 1), (13, 32, 1), (3, 96, 1)])  # GEMV 8-row tiles + tails
+                                               (77, 64, 1), (13, 32, 1), (3, 96, 1),  # GEMV 8-row tiles + tails
+                                               # PP >= W16_MIN_TOK: 32-row slabs, partial slab / group,
+                                               # 4-token tiles with 2- and 1-token tails
+                                               (67, 256, 9), (40, 64, 14), (3, 32, 8), (96, 128, 11)])
 def test_gemm_q8_0_against_float64(simd, n_out, n_in, n_tok):
     w = rng.standard_normal((n_out, n_in)).astype(np.float32)
     x = rng.standard_normal((n_tok, n_in)).astype(np.float32)
@@ -213,7 +217,7 @@ def test_avx2_tile_emits_int8_dot_instructions(tmp_path):
 
 
 @pytest.mark.parametrize("simd", SIMDS)
-@pytest.mark.parametrize("n_mats,n_tok", [(3, 1), (2, 5), (1, 2), (2, 1)])
+@pytest.mark.parametrize("n_mats,n_tok", [(3, 1), (2, 5), (1, 2), (2, 1), (3, 9)])
 def test_gemm_q8_0_multi_equals_separate_calls(simd, n_mats, n_tok):
     from engine.matmul import gemm_q8_0_multi
 
@@ -243,3 +247,77 @@ def test_scalar_entry_points_hold_no_avx2_code(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["_gemm_q8_0_scalar", "False", "_gemm_r8_scalar", "False"]
+
+
+def _w16_pack_ref(wq: np.ndarray) -> np.ndarray:
+    """numpy: (8, nb*34) Q8_0 rows -> nb W16 blocks of 528 bytes (engine._simd_w16's layout)."""
+    nb = wq.shape[1] // 34
+    blk = wq.reshape(8, nb, 34)
+    d = blk[:, :, :2].transpose(1, 0, 2).reshape(nb, 16)                      # (b, k*2)
+    q = blk[:, :, 2:].view(np.int8).astype("<i2").reshape(8, nb, 16, 2)        # (k, b, j, pair)
+    q = q.transpose(1, 2, 0, 3).reshape(nb, 256).view(np.uint8).reshape(nb, 512)
+    return np.concatenate([d, q], axis=1).reshape(-1)
+
+
+@pytest.mark.parametrize("simd", SIMDS)
+def test_w16_pack_and_x16_rows_match_numpy(simd):
+    """The widened PP layouts byte for byte: weights interleaved by int16 pairs, X as int16 + f32 scales."""
+    from numba import njit
+
+    from engine.tiles import i16_row, w16_pack
+
+    @njit
+    def pack_avx2(dst, src, rs, nb):
+        w16_pack(AVX2, dst, 528, src, rs, rs, nb)      # rows 1..8, written after one block
+
+    @njit
+    def pack_scalar(dst, src, rs, nb):
+        w16_pack(SCALAR, dst, 528, src, rs, rs, nb)
+
+    @njit
+    def rows_avx2(dst, ds, src, nb):
+        i16_row(AVX2, dst, 64, ds, 1, src, 34, nb)
+
+    @njit
+    def rows_scalar(dst, ds, src, nb):
+        i16_row(SCALAR, dst, 64, ds, 1, src, 34, nb)
+
+    nb = 3
+    wq = quantize_q8_0(rng.standard_normal((9, nb * 32)).astype(np.float32))
+    dst = np.zeros(528 * (nb + 1), np.uint8)
+    (pack_avx2 if simd == "avx2" else pack_scalar)(dst, wq.reshape(-1), nb * 34, nb)
+    assert not dst[:528].any()
+    assert np.array_equal(dst[528:], _w16_pack_ref(wq[1:]))
+    xq = quantize_q8_0(rng.standard_normal((1, nb * 32)).astype(np.float32))
+    flat = np.concatenate([np.zeros(34, np.uint8), xq.reshape(-1)])       # the row at byte 34
+    x16, xd = np.zeros(64 * (nb + 1), np.uint8), np.zeros(nb + 1, np.float32)
+    (rows_avx2 if simd == "avx2" else rows_scalar)(x16, xd, flat, nb)
+    blk = xq.reshape(nb, 34)
+    assert np.array_equal(x16[64:].view("<i2"), blk[:, 2:].view(np.int8).astype(np.int16).reshape(-1))
+    assert np.array_equal(xd[1:], blk[:, :2].copy().view("<f2").astype(np.float32).reshape(-1))
+    assert xd[0] == 0 and not x16[:64].any()
+
+
+def test_avx2_w16_tile_uses_int16_dot(tmp_path):
+    """The PP tile must really be one vpmaddwd per 8 rows x 2 products, with no int8 detour."""
+    if "avx2" not in SIMDS:
+        pytest.skip("host has no AVX2: only the scalar path exists here")
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from numba import njit\n"
+        "from engine._simd_w16 import w16_tile_4\n"
+        "@njit\n"
+        "def f(out, w, x, xd, nb):\n"
+        "    w16_tile_4(out, 0, 8, w, 0, x, xd, 0, nb)\n"
+        "f(np.zeros(32, np.float32), np.zeros(528 * 2, np.uint8), np.zeros(4 * 64 * 2, np.uint8),\n"
+        "  np.zeros(8, np.float32), 2)\n"
+        "print(f.inspect_asm(f.signatures[0]))\n"
+    )
+    env = dict(__import__("os").environ, NUMBA_CACHE_DIR=str(tmp_path))  # cached code shows no asm
+    asm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120).stdout
+    assert asm.count("vpmaddwd") == 64   # 16 chunks x 4 columns, unrolled
+    assert "vpmaddubsw" not in asm and "vpsignb" not in asm

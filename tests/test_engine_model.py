@@ -86,7 +86,9 @@ def test_last_logits_only(micro_model):
     m.kv_clear()
     last = m.eval(PROMPT, 0, all_logits=False)
     assert last.shape == (1, full.shape[1])
-    assert np.array_equal(last[0], full[-1])
+    # the head runs as a GEMV for one token and as the widened PP GEMM for the batch: the
+    # same exact int32 block dots, summed over blocks in another f32 order
+    np.testing.assert_allclose(last[0], full[-1], rtol=0, atol=1e-5 * np.abs(full[-1]).max())
 
 
 def test_eval_rejects_positions_and_tokens(micro_model):
