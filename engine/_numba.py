@@ -1,10 +1,12 @@
 """numba options and CPU-feature dispatch, in one place.
 
 Kernels use ``NJIT`` (serial) or ``PARALLEL`` (prange over disjoint outputs).
-``SIMD`` names the int8 dot-product path chosen for this host: "avx2" when the
-host has AVX2 + FMA + F16C (the intrinsics in ``_simd``), else "scalar" (plain
-numba, also the reference the SIMD path is tested against). The choice is
-recorded in every benchmark header.
+``SIMD`` names the int8 dot-product path chosen for this host (``engine.isa``): "avx2"
+when the host has AVX2 + FMA + F16C (the intrinsics in ``_simd*``), else "scalar"
+(plain numba, also the reference the SIMD path is tested against), or the one
+``NUMASWEEP_SIMD`` forces. A forced path that cannot run here leaves ``SIMD`` at the
+host's best and ``SIMD_ERROR`` set; ``load_model`` refuses to run with it. The choice
+is recorded in every benchmark header.
 
 ISA dispatch: every kernel has one body taking a ``kind`` argument (``AVX2`` or
 ``SCALAR``), a compile-time literal: bodies inlined into their entry point get it as
@@ -30,17 +32,18 @@ FAST = dict(cache=True, nogil=True, fastmath=True)
 FAST_PARALLEL = dict(cache=True, nogil=True, fastmath=True, parallel=True)
 
 
-def _host_simd() -> str:
-    forced = os.environ.get("NUMASWEEP_SIMD")
-    if forced in ("avx2", "scalar"):
-        return forced
-    feats = _llvm.get_host_cpu_features()
-    if feats.get("avx2") and feats.get("fma") and feats.get("f16c"):
-        return "avx2"
-    return "scalar"
+def _host_simd() -> tuple[str, str | None]:
+    # (the path to compile, the NUMASWEEP_SIMD error if the forced one can't run here)
+    from engine.errors import EngineError
+    from engine.isa import check_env, choose, host_features
+
+    try:
+        return check_env(), None
+    except EngineError as exc:
+        return choose(None, host_features()), str(exc)
 
 
-SIMD: str = _host_simd()
+SIMD, SIMD_ERROR = _host_simd()
 AVX2, SCALAR = 0, 1          # the literal ``kind`` of every kernel body
 
 

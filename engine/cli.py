@@ -14,6 +14,7 @@ from engine.cli_edge import add_debug_flag
 from engine.cli_edge import run as run_cli
 from engine.errors import EngineError
 from engine.inspect import check_model_file
+from engine.isa import check_env
 from engine.options import (SETTINGS, UNSUPPORTED_FLAGS, OptionError, check_combination, describe, option_flag,
                             parse_flash)
 from engine.shapes import ALL_SHAPES, WTYPES
@@ -77,6 +78,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise EngineError(f"--output-format: unknown format {args.output_format!r} "
                           f"(allowed: {', '.join(OUTPUT_FORMATS)})")
     v = bench_settings(args)
+    check_env()                   # NUMASWEEP_SIMD names a path this host and build can run
     check_model_file(args.model)  # a bad file is refused before numba and the kernels load
 
     from engine import _numba

@@ -220,6 +220,8 @@ def load_model(path: str | os.PathLike, *, n_ctx: int = 4096, type_k: str = "f16
         opts.validate(max_threads=_numba.max_threads())
     except OptionError as exc:
         raise EngineError(f"{option_flag(exc.setting)}: {exc.message}") from None
+    if _numba.SIMD_ERROR:
+        raise EngineError(_numba.SIMD_ERROR)
     t0 = time.perf_counter()
     gf = open_gguf(path)
     cfg = read_config(gf)

@@ -83,6 +83,8 @@ def _embedded(args: argparse.Namespace, spec: SweepSpec) -> bool:
 def precheck(args: argparse.Namespace, spec: SweepSpec) -> None:
     """Everything knowable before Ray, the store or a model file is touched: the models' headers,
     recorded replay files, and, for a run on this machine only, the whole plan against this host."""
+    from engine.isa import check_env
+    check_env()   # a NUMASWEEP_SIMD the engine children would refuse
     check_model_files(spec)
     check_replay_files(spec)
     if _embedded(args, spec):
