@@ -6,7 +6,7 @@ Zen 3 the sign and the two multiplies compete for the same two pipes (measured h
 ~40 GMAC/s per core for Q8_0_R8, ~77 cycles per 8x4x32 block). With both operands
 widened to int16, one ``vpmaddwd`` gives 8 rows x 2 products exactly and one
 ``vpaddd`` accumulates: 55 GMAC/s per core on the same matrices (1.37x). The widening
-is paid once per slab of weights (``w16_pack8``) and once per activation row
+is paid once per slab of weights (``w16_pack8``, or ``w16_from_r8`` for -rtr weights) and once per activation row
 (``q8_0_to_i16``), then reused by every token / row of the GEMM.
 
 Layouts (``engine.layout``):
@@ -31,7 +31,7 @@ from numba.extending import intrinsic
 
 from engine._simd import (F16, F32, I32, I64, V8F16, V8F32, V8I32, V32I8, as_i64, data_ptr, declare,
                           is_f32_array, is_u8_array, load_vec, splat8)
-from engine.layout import Q8_0_BYTES, QK8_0, W16_BLOCK_BYTES, X16_BLOCK_BYTES
+from engine.layout import Q8_0_BYTES, QK8_0, R8_BLOCK_BYTES, W16_BLOCK_BYTES, X16_BLOCK_BYTES
 
 I16 = ir.IntType(16)
 V16I16 = ir.VectorType(I16, 16)
@@ -78,6 +78,42 @@ def w16_pack8(typingctx, dst, dst_off, src, src_off, src_rstride, nb):
                     o = builder.add(ob, ir.Constant(I64, 16 + 32 * j + 4 * k))
                     builder.store(builder.extract_element(pairs, ir.Constant(I32, j)),
                                   builder.bitcast(builder.gep(pd, [o]), i32p), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def w16_from_r8(typingctx, dst, dst_off, src, src_off, nb):
+    """Widen nb Q8_0_R8 blocks (272 bytes each, at byte src_off) into nb W16 blocks at dst_off.
+
+    R8 chunk j holds quants 4j..4j+3 of the 8 rows (row k at bytes 4k..); widened to int16
+    its dword 2k is row k's pair (4j, 4j+1) and dword 2k+1 the pair (4j+2, 4j+3): the even
+    dwords are W16 chunk 2j, the odd ones chunk 2j+1 (two shuffles per R8 chunk)."""
+    if not (is_u8_array(dst) and is_u8_array(src)):
+        return None
+    sig = types.void(dst, dst_off, src, src_off, nb)
+
+    def codegen(context, builder, signature, args):
+        st = signature.args
+        pd = data_ptr(context, builder, st[0], args[0])
+        do = as_i64(context, builder, st[1], args[1])
+        ps = data_ptr(context, builder, st[2], args[2])
+        so = as_i64(context, builder, st[3], args[3])
+        nblk = as_i64(context, builder, st[4], args[4])
+        v16i8 = ir.VectorType(ir.IntType(8), 16)
+        with cgutils.for_range(builder, nblk) as loop:
+            ob = builder.add(do, builder.mul(loop.index, ir.Constant(I64, W16_BLOCK_BYTES)))
+            sb = builder.add(so, builder.mul(loop.index, ir.Constant(I64, R8_BLOCK_BYTES)))
+            d = load_vec(builder, ps, sb, v16i8)
+            builder.store(d, builder.bitcast(builder.gep(pd, [ob]), v16i8.as_pointer()), align=1)
+            for j in range(8):
+                q = load_vec(builder, ps, builder.add(sb, ir.Constant(I64, 16 + 32 * j)), V32I8)
+                dw = builder.bitcast(builder.sext(q, V32I16), V16I32)
+                for half in range(2):
+                    part = builder.shuffle_vector(dw, dw, ir.Constant(V8I32, list(range(half, 16, 2))))
+                    o = builder.add(ob, ir.Constant(I64, 16 + 32 * (2 * j + half)))
+                    builder.store(part, builder.bitcast(builder.gep(pd, [o]), V8I32.as_pointer()), align=1)
         return context.get_dummy_value()
 
     return sig, codegen

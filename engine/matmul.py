@@ -55,7 +55,7 @@ def _rows_x_tokens(kind, w, n_out, x, n_tok, nb, out, r0, nr):
 
 
 @njit(inline="always", **NJIT)
-def _x16_alloc(n_tok, nb):
+def x16_alloc(n_tok, nb):
     # X16 scratch for the slab path: (n_tok*nb*64) u8 int16 quants, (n_tok*nb) f32 scales;
     # empty below W16_MIN_TOK (GEMV and small batches read the Q8_0 bytes)
     n = n_tok if n_tok >= W16_MIN_TOK else 0
@@ -63,8 +63,23 @@ def _x16_alloc(n_tok, nb):
 
 
 @njit(inline="always", **NJIT)
-def _x16_row(kind, x, nb, x16, xd, t):
+def x16_row(kind, x, nb, x16, xd, t):
     i16_row(kind, x16, t * nb * X16_BLOCK_BYTES, xd, t * nb, x, t * nb * Q8_0_BYTES, nb)
+
+
+@njit(inline="always", **NJIT)
+def w16_tokens(kind, out, n_out, r0, buf, ng, x16, xd, n_tok, nb):
+    """out rows [r0, r0 + 8 ng) x every token, from ng W16 groups in buf (ng*nb*528 u8) and
+    X16 (x16, xd): per 4-token tile (2- and 1-token tails) every group, so the tile stays in L1."""
+    gb = nb * W16_BLOCK_BYTES
+    t = 0
+    while t < n_tok:
+        nc = min(4, n_tok - t)
+        if nc == 3:
+            nc = 2
+        for g in range(ng):
+            w16_tile(kind, out, t * n_out + r0 + g * R8_ROWS, n_out, buf, g * gb, x16, xd, t, nb, nc)
+        t += nc
 
 
 @njit(inline="always", **NJIT)
@@ -79,14 +94,7 @@ def _slab(kind, w, n_out, x, n_tok, nb, out, r0, x16, xd):
         buf = np.empty(ng * gb, dtype=np.uint8)
         for g in range(ng):
             w16_pack(kind, buf, g * gb, w, (r0 + g * R8_ROWS) * rb, rb, nb)
-        t = 0
-        while t < n_tok:
-            nc = min(4, n_tok - t)
-            if nc == 3:
-                nc = 2
-            for g in range(ng):
-                w16_tile(kind, out, t * n_out + r0 + g * R8_ROWS, n_out, buf, g * gb, x16, xd, t, nb, nc)
-            t += nc
+        w16_tokens(kind, out, n_out, r0, buf, ng, x16, xd, n_tok, nb)
     if nr > ng * R8_ROWS:
         _rows_x_tokens(kind, w, n_out, x, n_tok, nb, out, r0 + ng * R8_ROWS, nr - ng * R8_ROWS)
 
@@ -119,20 +127,20 @@ def _gemm_tile(kind, w, n_out, x, n_tok, nb, out, tile, x16, xd):
 
 @njit(**PARALLEL)
 def _gemm_q8_0_avx2(w, n_out, x, n_tok, nb, out):
-    x16, xd = _x16_alloc(n_tok, nb)
+    x16, xd = x16_alloc(n_tok, nb)
     if x16.size:
         for t in prange(n_tok):
-            _x16_row(AVX2, x, nb, x16, xd, t)
+            x16_row(AVX2, x, nb, x16, xd, t)
     for tile in prange(n_tiles(n_out, n_tok)):
         _gemm_tile(AVX2, w, n_out, x, n_tok, nb, out, tile, x16, xd)
 
 
 @njit(**PARALLEL)
 def _gemm_q8_0_scalar(w, n_out, x, n_tok, nb, out):
-    x16, xd = _x16_alloc(n_tok, nb)
+    x16, xd = x16_alloc(n_tok, nb)
     if x16.size:
         for t in prange(n_tok):
-            _x16_row(SCALAR, x, nb, x16, xd, t)
+            x16_row(SCALAR, x, nb, x16, xd, t)
     for tile in prange(n_tiles(n_out, n_tok)):
         _gemm_tile(SCALAR, w, n_out, x, n_tok, nb, out, tile, x16, xd)
 
@@ -154,20 +162,20 @@ def _gemm3_tile(kind, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile, x1
 # TG runs ~8 launches per layer otherwise, and each costs tens of microseconds.
 @njit(**PARALLEL)
 def _gemm3_q8_0_avx2(w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb):
-    x16, xd = _x16_alloc(n_tok, nb)
+    x16, xd = x16_alloc(n_tok, nb)
     if x16.size:
         for t in prange(n_tok):
-            _x16_row(AVX2, x, nb, x16, xd, t)
+            x16_row(AVX2, x, nb, x16, xd, t)
     for tile in prange(n_tiles(n1, n_tok) + n_tiles(n2, n_tok) + n_tiles(n3, n_tok)):
         _gemm3_tile(AVX2, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile, x16, xd)
 
 
 @njit(**PARALLEL)
 def _gemm3_q8_0_scalar(w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb):
-    x16, xd = _x16_alloc(n_tok, nb)
+    x16, xd = x16_alloc(n_tok, nb)
     if x16.size:
         for t in prange(n_tok):
-            _x16_row(SCALAR, x, nb, x16, xd, t)
+            x16_row(SCALAR, x, nb, x16, xd, t)
     for tile in prange(n_tiles(n1, n_tok) + n_tiles(n2, n_tok) + n_tiles(n3, n_tok)):
         _gemm3_tile(SCALAR, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile, x16, xd)
 

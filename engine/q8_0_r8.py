@@ -18,7 +18,9 @@ bit for bit. A repacked K view (``repack_k_view``) is one such matrix per KV hea
 
 Kernels here: the numpy reference pack/unpack, the numba pack (weights and K
 views), the Q8_0_R8 x Q8_0 GEMM/GEMV (``gemm_q8_0_r8``; tiles of 8 rows x 4/2/1
-columns, ``engine.tiles.r8_tile``: AVX2 intrinsics or plain numba), and the
+columns, ``engine.tiles.r8_tile``: AVX2 intrinsics or plain numba; PP batches of
+``matmul.W16_MIN_TOK`` or more widen 4 groups at a time to int16 and share matmul's W16
+tiles, the faster AVX2 product), and the
 attention score function that reads a repacked K view. ``-rtr`` (repacking the
 weights at load) is ``engine.residency.repack_weights``.
 """
@@ -29,9 +31,10 @@ import numpy as np
 from numba import njit, prange
 
 from engine._numba import AVX2, NJIT, PARALLEL, SCALAR, isa
-from engine.layout import Q8_0_BYTES, QK8_0, R8_BLOCK_BYTES, R8_ROWS
+from engine.layout import Q8_0_BYTES, QK8_0, R8_BLOCK_BYTES, R8_ROWS, W16_BLOCK_BYTES
+from engine.matmul import SLAB, W16_MIN_TOK, w16_tokens, x16_alloc, x16_row
 from engine.options import K_REPACK_MODES
-from engine.tiles import r8_tile
+from engine.tiles import r8_tile, w16_pack_r8
 
 
 # -- numpy reference ---------------------------------------------------------------------
@@ -155,42 +158,82 @@ def _group(kind, w, n_groups, x, n_tok, nb, out, g):
         r8_tile(kind, out, t * n_out + g * 8, n_out, w, g * gb, x, t * rb, 0, 0, 0, nb, 1)
 
 
+@njit(inline="always", **NJIT)
+def r8_items(n_groups, n_tok):
+    """Work items of one R8 matrix: a row group each, or for PP of >= W16_MIN_TOK tokens a
+    slab of SLAB rows (widened to W16, like matmul's Q8_0 slabs)."""
+    return (n_groups * R8_ROWS + SLAB - 1) // SLAB if n_tok >= W16_MIN_TOK else n_groups
+
+
+@njit(inline="always", **NJIT)
+def _item(kind, w, n_groups, x, n_tok, nb, out, i, x16, xd):
+    # work item i of r8_items: group i (through R8 tiles), or slab i (widened to W16 in buf)
+    if n_tok < W16_MIN_TOK:
+        _group(kind, w, n_groups, x, n_tok, nb, out, i)
+        return
+    g0 = i * (SLAB // R8_ROWS)
+    ng = min(SLAB // R8_ROWS, n_groups - g0)
+    gb = nb * W16_BLOCK_BYTES
+    buf = np.empty(ng * gb, dtype=np.uint8)
+    for g in range(ng):
+        w16_pack_r8(kind, buf, g * gb, w, (g0 + g) * nb * R8_BLOCK_BYTES, nb)
+    w16_tokens(kind, out, n_groups * R8_ROWS, g0 * R8_ROWS, buf, ng, x16, xd, n_tok, nb)
+
+
 @njit(**PARALLEL)
 def _gemm_r8_avx2(w, n_groups, x, n_tok, nb, out):
     # w: flat (n_groups*nb*272) u8; x: flat (n_tok*nb*34) u8; out: flat (n_tok*n_groups*8) f32
-    for g in prange(n_groups):
-        _group(AVX2, w, n_groups, x, n_tok, nb, out, g)
+    x16, xd = x16_alloc(n_tok, nb)
+    if x16.size:
+        for t in prange(n_tok):
+            x16_row(AVX2, x, nb, x16, xd, t)
+    for i in prange(r8_items(n_groups, n_tok)):
+        _item(AVX2, w, n_groups, x, n_tok, nb, out, i, x16, xd)
 
 
 @njit(**PARALLEL)
 def _gemm_r8_scalar(w, n_groups, x, n_tok, nb, out):
-    for g in prange(n_groups):
-        _group(SCALAR, w, n_groups, x, n_tok, nb, out, g)
+    x16, xd = x16_alloc(n_tok, nb)
+    if x16.size:
+        for t in prange(n_tok):
+            x16_row(SCALAR, x, nb, x16, xd, t)
+    for i in prange(r8_items(n_groups, n_tok)):
+        _item(SCALAR, w, n_groups, x, n_tok, nb, out, i, x16, xd)
 
 
 @njit(inline="always", **NJIT)
-def _group3(kind, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, g):
-    # row group g of three R8 matrices' groups laid end to end
-    if g < g1:
-        _group(kind, w1, g1, x, n_tok, nb, o1, g)
-    elif g < g1 + g2:
-        _group(kind, w2, g2, x, n_tok, nb, o2, g - g1)
+def _item3(kind, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, i, x16, xd):
+    # work item i of three R8 matrices' items laid end to end
+    i1 = r8_items(g1, n_tok)
+    i2 = r8_items(g2, n_tok)
+    if i < i1:
+        _item(kind, w1, g1, x, n_tok, nb, o1, i, x16, xd)
+    elif i < i1 + i2:
+        _item(kind, w2, g2, x, n_tok, nb, o2, i - i1, x16, xd)
     else:
-        _group(kind, w3, g3, x, n_tok, nb, o3, g - g1 - g2)
+        _item(kind, w3, g3, x, n_tok, nb, o3, i - i1 - i2, x16, xd)
 
 
 # Up to three R8 matrices sharing one input (q/k/v, gate/up) in one parallel launch,
 # like matmul.gemm_q8_0_multi (each launch costs tens of microseconds in TG).
 @njit(**PARALLEL)
 def _gemm3_r8_avx2(w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb):
-    for g in prange(g1 + g2 + g3):
-        _group3(AVX2, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, g)
+    x16, xd = x16_alloc(n_tok, nb)
+    if x16.size:
+        for t in prange(n_tok):
+            x16_row(AVX2, x, nb, x16, xd, t)
+    for i in prange(r8_items(g1, n_tok) + r8_items(g2, n_tok) + r8_items(g3, n_tok)):
+        _item3(AVX2, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, i, x16, xd)
 
 
 @njit(**PARALLEL)
 def _gemm3_r8_scalar(w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb):
-    for g in prange(g1 + g2 + g3):
-        _group3(SCALAR, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, g)
+    x16, xd = x16_alloc(n_tok, nb)
+    if x16.size:
+        for t in prange(n_tok):
+            x16_row(SCALAR, x, nb, x16, xd, t)
+    for i in prange(r8_items(g1, n_tok) + r8_items(g2, n_tok) + r8_items(g3, n_tok)):
+        _item3(SCALAR, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, i, x16, xd)
 
 
 def gemm_q8_0_r8(w: np.ndarray, xq: np.ndarray, out: np.ndarray | None = None,

@@ -22,7 +22,7 @@ from engine._numba import AVX2, NJIT
 from engine._simd import f16_to_f32, q8_tile_1x1, q8_tile_4x1, q8_tile_4x2, q8_tile_8x1
 from engine._simd_f32 import q8_0_to_f32
 from engine._simd_r8 import r8_tile_1, r8_tile_2, r8_tile_4
-from engine._simd_w16 import q8_0_to_i16, w16_pack8, w16_tile_1, w16_tile_2, w16_tile_4
+from engine._simd_w16 import q8_0_to_i16, w16_from_r8, w16_pack8, w16_tile_1, w16_tile_2, w16_tile_4
 from engine.layout import (Q8_0_BYTES, Q8_0_SCALE_BYTES, QK8_0, R8_BLOCK_BYTES, R8_ROWS, W16_BLOCK_BYTES,
                            X16_BLOCK_BYTES)
 from engine.quant import f16_bits_to_f32
@@ -254,6 +254,40 @@ def _w16_pack_scalar(kind, dst, do, src, so, rs, nb):
 @overload(w16_pack, inline="always", prefer_literal=True)
 def _w16_pack(kind, dst, do, src, so, rs, nb):
     return _w16_pack_avx2 if _form("w16_pack", kind) == AVX2 else _w16_pack_scalar
+
+
+@njit(**NJIT)
+def w16_from_r8_scalar(dst, do, src, so, nb):
+    """Plain numba: the nb Q8_0_R8 blocks at byte so widened into W16 blocks at do."""
+    for b in range(nb):
+        s = so + b * R8_BLOCK_BYTES
+        o = do + b * W16_BLOCK_BYTES
+        for i in range(2 * R8_ROWS):
+            dst[o + i] = src[s + i]
+        for j in range(8):                       # R8 chunk j: quants 4j..4j+3 of each row
+            for k in range(R8_ROWS):
+                for i in range(4):
+                    jj = 2 * j + i // 2          # W16 chunk of pair (4j + i) // 2
+                    _put_i16(dst, o + 2 * R8_ROWS + 32 * jj + 4 * k + 2 * (i % 2),
+                             _i8(src[s + 2 * R8_ROWS + 32 * j + 4 * k + i]))
+
+
+def w16_pack_r8(kind, dst, do, src, so, nb):
+    """dst[do:do + nb*528] = the W16 blocks of the Q8_0_R8 group whose nb blocks start at so."""
+    raise NotImplementedError("engine.tiles primitives run inside numba kernels only")
+
+
+def _w16_pack_r8_avx2(kind, dst, do, src, so, nb):
+    w16_from_r8(dst, do, src, so, nb)
+
+
+def _w16_pack_r8_scalar(kind, dst, do, src, so, nb):
+    w16_from_r8_scalar(dst, do, src, so, nb)
+
+
+@overload(w16_pack_r8, inline="always", prefer_literal=True)
+def _w16_pack_r8(kind, dst, do, src, so, nb):
+    return _w16_pack_r8_avx2 if _form("w16_pack_r8", kind) == AVX2 else _w16_pack_r8_scalar
 
 
 def i16_row(kind, dst, do, dscale, dso, src, so, nb):

@@ -298,6 +298,29 @@ def test_w16_pack_and_x16_rows_match_numpy(simd):
     assert xd[0] == 0 and not x16[:64].any()
 
 
+@pytest.mark.parametrize("simd", SIMDS)
+def test_w16_from_r8_equals_w16_of_the_rows(simd):
+    """-rtr weights widen from their R8 groups to the same W16 bytes as the plain rows."""
+    from numba import njit
+
+    from engine.q8_0_r8 import pack_q8_0_r8
+    from engine.tiles import w16_pack_r8
+
+    @njit
+    def widen_avx2(dst, src, nb):
+        w16_pack_r8(AVX2, dst, 0, src, nb * 272, nb)          # the second group
+
+    @njit
+    def widen_scalar(dst, src, nb):
+        w16_pack_r8(SCALAR, dst, 0, src, nb * 272, nb)
+
+    nb = 4
+    wq = quantize_q8_0(rng.standard_normal((16, nb * 32)).astype(np.float32))
+    dst = np.zeros(528 * nb, np.uint8)
+    (widen_avx2 if simd == "avx2" else widen_scalar)(dst, pack_q8_0_r8(wq).reshape(-1), nb)
+    assert np.array_equal(dst, _w16_pack_ref(wq[8:]))
+
+
 def test_avx2_w16_tile_uses_int16_dot(tmp_path):
     """The PP tile must really be one vpmaddwd per 8 rows x 2 products, with no int8 detour."""
     if "avx2" not in SIMDS:

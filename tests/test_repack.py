@@ -85,7 +85,8 @@ def test_repack_k_view_pads_and_matches_reference():
 # -- GEMM / GEMV --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("simd", SIMDS)
-@pytest.mark.parametrize("n_out,n_in,n_tok", [(8, 32, 1), (40, 128, 1), (24, 96, 3), (16, 64, 8), (32, 256, 13)])
+@pytest.mark.parametrize("n_out,n_in,n_tok", [(8, 32, 1), (40, 128, 1), (24, 96, 3), (16, 64, 8), (32, 256, 13),
+                                               (40, 128, 9)])  # PP: W16 slabs of 4 + 1 groups
 def test_gemm_r8_matches_reference_and_plain(simd, n_out, n_in, n_tok):
     rng = np.random.default_rng(n_out * n_tok + n_in)
     w = _rq(rng, n_out, n_in, 0.05)
@@ -100,7 +101,7 @@ def test_gemm_r8_matches_reference_and_plain(simd, n_out, n_in, n_tok):
 
 
 @pytest.mark.parametrize("simd", SIMDS)
-@pytest.mark.parametrize("n_tok", [1, 5])
+@pytest.mark.parametrize("n_tok", [1, 5, 9])
 def test_gemm_r8_multi_matches_single(simd, n_tok):
     rng = np.random.default_rng(n_tok)
     ws = [_rq(rng, n, 64, 0.05) for n in (16, 8, 24)]
