@@ -19,7 +19,7 @@ from gguf.constants import MODEL_TENSOR as T
 
 from engine.attention import attention
 from engine.metadata import tensor_name
-from engine.ops import rmsnorm, rope_inplace
+from engine.ops import qk_norm_rope, rmsnorm
 from engine.tensors import Weight, matmul, matmuls
 
 
@@ -77,14 +77,9 @@ class GQAAttention:
         for a, b in ((q, self.bq), (k, self.bk), (v, self.bv)):
             if b is not None:
                 a += b
-        if self.q_norm is not None:
-            q3 = rmsnorm(q.reshape(n * H, D), self.q_norm, c.rms_eps).reshape(n, H, D)
-            k3 = rmsnorm(k.reshape(n * Hkv, D), self.k_norm, c.rms_eps).reshape(n, Hkv, D)
-        else:
-            q3, k3 = q.reshape(n, H, D), k.reshape(n, Hkv, D)
+        q3, k3 = q.reshape(n, H, D), k.reshape(n, Hkv, D)
         cos, sin = run.rope(layer)
-        rope_inplace(q3, cos, sin, c.n_rot, c.rope_neox)
-        rope_inplace(k3, cos, sin, c.n_rot, c.rope_neox)
+        qk_norm_rope(q3, k3, self.q_norm, self.k_norm, c.rms_eps, cos, sin, c.n_rot, c.rope_neox)  # one launch
         run.cache.store(layer, run.pos, k3.reshape(n, Hkv * D), v)
         a = attention(q3, run.cache, layer, run.pos, flash=run.options.flash_attn, scale=c.kq_scale,
                       window=run.window(layer), k_repack=run.options.k_repack, scratch=run.scratch)

@@ -17,7 +17,7 @@ import numpy as np
 from engine.errors import EngineError
 from engine.layout import QK8_0, q8_0_row_bytes
 from engine.options import KV_TYPES
-from engine.quant import f32_to_f16, quantize_q8_0
+from engine.quant import f32_to_f16, quantize_q8_0, quantize_q8_0_pair
 
 KV_TYPE_CODE = {"f32": 0, "f16": 1, "q8_0": 2}   # the cache type as the attention kernels take it
 
@@ -108,5 +108,9 @@ class KVCache(PositionBook):
         """Write K, V (n, n_kv_head*head_dim) f32 at positions [pos, pos+n)."""
         n = k.shape[0]
         self.check_write(pos, n)
-        self.k[layer][pos:pos + n] = encode_rows(self.type_k, np.ascontiguousarray(k))
-        self.v[layer][pos:pos + n] = encode_rows(self.type_v, np.ascontiguousarray(v))
+        k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
+        if self.type_k == self.type_v == "q8_0":     # one launch, quantized in place
+            quantize_q8_0_pair(k, self.k[layer][pos:pos + n], v, self.v[layer][pos:pos + n])
+            return
+        self.k[layer][pos:pos + n] = encode_rows(self.type_k, k)
+        self.v[layer][pos:pos + n] = encode_rows(self.type_v, v)

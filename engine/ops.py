@@ -156,6 +156,55 @@ def rope_inplace(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_rot: int, ne
     (_rope_ser if _serial(x) else _rope_par)(x, cos, sin, n_rot, bool(neox))
 
 
+@njit(inline="always", **NJIT)
+def _qk_row(q2, k2, q3, k3, qn, kn, use_norm, eps, cos, sin, n_rot, neox, t):
+    # token t: per-head RMSNorm in place (rows t*H..t*H+H-1 of the (n*H, hd) views), then RoPE
+    if use_norm:
+        for h in range(q3.shape[1]):
+            _rmsnorm_row(q2, qn, eps, q2, t * q3.shape[1] + h)
+        for h in range(k3.shape[1]):
+            _rmsnorm_row(k2, kn, eps, k2, t * k3.shape[1] + h)
+    _rope_row(q3, cos, sin, n_rot, neox, t)
+    _rope_row(k3, cos, sin, n_rot, neox, t)
+
+
+@njit(**PARALLEL)
+def _qk_par(q2, k2, q3, k3, qn, kn, use_norm, eps, cos, sin, n_rot, neox):
+    for t in prange(q3.shape[0]):
+        _qk_row(q2, k2, q3, k3, qn, kn, use_norm, eps, cos, sin, n_rot, neox, t)
+
+
+@njit(**NJIT)
+def _qk_ser(q2, k2, q3, k3, qn, kn, use_norm, eps, cos, sin, n_rot, neox):
+    for t in range(q3.shape[0]):
+        _qk_row(q2, k2, q3, k3, qn, kn, use_norm, eps, cos, sin, n_rot, neox, t)
+
+
+_NO_NORM = np.ones(1, dtype=np.float32)
+
+
+def qk_norm_rope(q: np.ndarray, k: np.ndarray, q_norm: np.ndarray | None, k_norm: np.ndarray | None,
+                 eps: float, cos: np.ndarray, sin: np.ndarray, n_rot: int, neox: bool) -> None:
+    """In place, one launch for both: q (n, H, hd) and k (n, Hkv, hd) f32, each head RMSNorm'd
+    with q_norm / k_norm (hd,) when given (Gemma 3, Qwen3), then rotated like rope_inplace.
+    The same arithmetic as rmsnorm + rope_inplace on each, in the same order."""
+    for x, w in ((q, q_norm), (k, k_norm)):
+        if x.ndim != 3 or not x.flags.c_contiguous or x.dtype != np.float32 or x.shape[0] != q.shape[0]:
+            raise ValueError(f"qk_norm_rope: expected contiguous f32 (n, heads, hd), got {x.dtype}{x.shape}")
+        if w is not None and w.shape != (x.shape[2],):
+            raise ValueError(f"qk_norm_rope: norm {w.shape} does not match head size {x.shape[2]}")
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("qk_norm_rope: q_norm and k_norm go together")
+    if cos.shape != (q.shape[0], n_rot // 2) or sin.shape != cos.shape or n_rot % 2 or \
+            n_rot > min(q.shape[2], k.shape[2]):
+        raise ValueError(f"qk_norm_rope: cos {cos.shape} does not match n_rot {n_rot} / heads {q.shape}")
+    use = q_norm is not None
+    n = q.shape[0]
+    kernel = _qk_ser if q.size + k.size < SERIAL_ELEMENTS else _qk_par
+    kernel(q.reshape(n * q.shape[1], q.shape[2]), k.reshape(n * k.shape[1], k.shape[2]), q, k,
+           q_norm if use else _NO_NORM, k_norm if use else _NO_NORM, use, float(eps), cos, sin, n_rot, bool(neox))
+
+
 @njit(inline="always", **FAST)
 def _swiglu_row(g, u, out, t):
     # g, u, out: (n, f) f32; out = silu(g) * u

@@ -116,6 +116,21 @@ def _quantize_rows_q8_0_serial(x, out):
 
 
 @njit(**PARALLEL)
+def _quantize_pair_par(a, a_out, b, b_out):
+    # two row sets with the same row count (K and V of one batch) in one launch
+    for r in prange(a.shape[0]):
+        quantize_row_q8_0(a[r], a_out[r], 0)
+        quantize_row_q8_0(b[r], b_out[r], 0)
+
+
+@njit(**NJIT)
+def _quantize_pair_serial(a, a_out, b, b_out):
+    for r in range(a.shape[0]):
+        quantize_row_q8_0(a[r], a_out[r], 0)
+        quantize_row_q8_0(b[r], b_out[r], 0)
+
+
+@njit(**PARALLEL)
 def _dequantize_rows_q8_0(q, out):
     # q: (n_rows, nb*34) u8; out: (n_rows, nb*32) f32
     nb = q.shape[1] // Q8_0_BYTES
@@ -167,6 +182,19 @@ def quantize_q8_0(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         raise ValueError(f"out: expected uint8 {shape}, got {out.dtype} {out.shape}")
     (_quantize_rows_q8_0_serial if x.size < 65536 else _quantize_rows_q8_0)(x, out)
     return out
+
+
+def quantize_q8_0_pair(a: np.ndarray, a_out: np.ndarray, b: np.ndarray, b_out: np.ndarray) -> None:
+    """quantize_q8_0(a, a_out) and quantize_q8_0(b, b_out) in one kernel launch (the same
+    bytes): K and V of a batch written straight into their cache rows."""
+    for name, x, out in (("a", a, a_out), ("b", b, b_out)):
+        _check_2d(name, x, np.float32)
+        _check_2d(f"{name}_out", out, np.uint8)
+        if x.shape[1] % QK8_0 or out.shape != (x.shape[0], x.shape[1] // QK8_0 * Q8_0_BYTES):
+            raise ValueError(f"{name}: rows {x.shape} do not fit Q8_0 rows {out.shape}")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"quantize_q8_0_pair: {a.shape[0]} and {b.shape[0]} rows")
+    (_quantize_pair_serial if a.size + b.size < 65536 else _quantize_pair_par)(a, a_out, b, b_out)
 
 
 def dequantize_q8_0(q: np.ndarray) -> np.ndarray:

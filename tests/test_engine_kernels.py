@@ -344,3 +344,36 @@ def test_avx2_w16_tile_uses_int16_dot(tmp_path):
                          timeout=120).stdout
     assert asm.count("vpmaddwd") == 64   # 16 chunks x 4 columns, unrolled
     assert "vpmaddubsw" not in asm and "vpsignb" not in asm
+
+
+@pytest.mark.parametrize("n", [1, 300])          # serial (TG) and parallel (PP) kernels
+@pytest.mark.parametrize("norm", [False, True])
+def test_qk_norm_rope_is_norm_then_rope_in_one_launch(n, norm):
+    from engine.ops import qk_norm_rope
+
+    H, Hkv, D, n_rot = 4, 2, 64, 64
+    q = rng.standard_normal((n, H, D)).astype(np.float32)
+    k = rng.standard_normal((n, Hkv, D)).astype(np.float32)
+    qn = rng.standard_normal(D).astype(np.float32) if norm else None
+    kn = rng.standard_normal(D).astype(np.float32) if norm else None
+    cos, sin = rope_cache(np.arange(n) + 5, n_rot, 10000.0)
+    q_ref, k_ref = q.copy(), k.copy()
+    if norm:
+        q_ref = rmsnorm(q_ref.reshape(n * H, D), qn, 1e-6).reshape(n, H, D)
+        k_ref = rmsnorm(k_ref.reshape(n * Hkv, D), kn, 1e-6).reshape(n, Hkv, D)
+    rope_inplace(q_ref, cos, sin, n_rot, True)
+    rope_inplace(k_ref, cos, sin, n_rot, True)
+    qk_norm_rope(q, k, qn, kn, 1e-6, cos, sin, n_rot, True)
+    assert np.array_equal(q, q_ref) and np.array_equal(k, k_ref)
+
+
+@pytest.mark.parametrize("n", [1, 600])
+def test_quantize_pair_writes_what_two_quantizes_write(n):
+    from engine.quant import quantize_q8_0_pair
+
+    a = rng.standard_normal((n, 128)).astype(np.float32)
+    b = rng.standard_normal((n, 64)).astype(np.float32)
+    cache_a, cache_b = np.zeros((n + 3, 136), np.uint8), np.zeros((n + 3, 68), np.uint8)
+    quantize_q8_0_pair(a, cache_a[2:2 + n], b, cache_b[2:2 + n])
+    assert np.array_equal(cache_a[2:2 + n], quantize_q8_0(a)) and np.array_equal(cache_b[2:2 + n], quantize_q8_0(b))
+    assert not cache_a[:2].any() and not cache_a[2 + n:].any() and not cache_b[2 + n:].any()
