@@ -7,7 +7,7 @@ Layouts (row-major, like ggml's ``mul_mat(W, X)``):
 The int8 dot per 32-block is exact in int32; only the per-block scaling and the
 sum over blocks are float. TG (n_tok = 1) is a GEMV over 8-row tiles
 (``engine.tiles.q8_tile``). PP with at least ``W16_MIN_TOK`` tokens first widens X to
-int16 (one pass), then works on slabs of ``SLAB`` rows: each slab is widened and
+int16 (``widen_x``, one parallel pass), then works on slabs of ``SLAB`` rows: each slab is widened and
 interleaved 8 rows at a time into a per-item buffer (the W16 layout of
 ``engine._simd_w16``; ik_llama.cpp likewise converts Q8_0 to an interleaved form for
 batches of >= 32) and multiplied 8 rows x 4 tokens at a time (``engine.tiles.w16_tile``):
@@ -54,17 +54,33 @@ def _rows_x_tokens(kind, w, n_out, x, n_tok, nb, out, r0, nr):
         r += mr
 
 
-@njit(inline="always", **NJIT)
-def x16_alloc(n_tok, nb):
-    # X16 scratch for the slab path: (n_tok*nb*64) u8 int16 quants, (n_tok*nb) f32 scales;
-    # empty below W16_MIN_TOK (GEMV and small batches read the Q8_0 bytes)
-    n = n_tok if n_tok >= W16_MIN_TOK else 0
-    return np.empty(n * nb * X16_BLOCK_BYTES, dtype=np.uint8), np.empty(n * nb, dtype=np.float32)
+@njit(**PARALLEL)
+def _widen_x_avx2(x, nb, x16, xd):
+    for t in prange(xd.shape[0] // nb):
+        i16_row(AVX2, x16, t * nb * X16_BLOCK_BYTES, xd, t * nb, x, t * nb * Q8_0_BYTES, nb)
 
 
-@njit(inline="always", **NJIT)
-def x16_row(kind, x, nb, x16, xd, t):
-    i16_row(kind, x16, t * nb * X16_BLOCK_BYTES, xd, t * nb, x, t * nb * Q8_0_BYTES, nb)
+@njit(**PARALLEL)
+def _widen_x_scalar(x, nb, x16, xd):
+    for t in prange(xd.shape[0] // nb):
+        i16_row(SCALAR, x16, t * nb * X16_BLOCK_BYTES, xd, t * nb, x, t * nb * Q8_0_BYTES, nb)
+
+
+_EMPTY_U8 = np.zeros((0,), dtype=np.uint8)
+_EMPTY_F32 = np.zeros((0,), dtype=np.float32)
+
+
+def widen_x(xq: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
+    """X's int16 form for the W16 path: ((n_tok*nb*64) u8 int16 quants, (n_tok*nb) f32 scales),
+    one parallel pass shared by every matrix of a launch; empty below W16_MIN_TOK tokens
+    (GEMV and small batches read the Q8_0 bytes)."""
+    n_tok, nb = xq.shape[0], xq.shape[1] // Q8_0_BYTES
+    if n_tok < W16_MIN_TOK:
+        return _EMPTY_U8, _EMPTY_F32
+    x16 = np.empty(n_tok * nb * X16_BLOCK_BYTES, dtype=np.uint8)
+    xd = np.empty(n_tok * nb, dtype=np.float32)
+    (_widen_x_avx2 if kind == AVX2 else _widen_x_scalar)(xq.reshape(-1), nb, x16, xd)
+    return x16, xd
 
 
 @njit(inline="always", **NJIT)
@@ -126,21 +142,13 @@ def _gemm_tile(kind, w, n_out, x, n_tok, nb, out, tile, x16, xd):
 
 
 @njit(**PARALLEL)
-def _gemm_q8_0_avx2(w, n_out, x, n_tok, nb, out):
-    x16, xd = x16_alloc(n_tok, nb)
-    if x16.size:
-        for t in prange(n_tok):
-            x16_row(AVX2, x, nb, x16, xd, t)
+def _gemm_q8_0_avx2(w, n_out, x, n_tok, nb, out, x16, xd):
     for tile in prange(n_tiles(n_out, n_tok)):
         _gemm_tile(AVX2, w, n_out, x, n_tok, nb, out, tile, x16, xd)
 
 
 @njit(**PARALLEL)
-def _gemm_q8_0_scalar(w, n_out, x, n_tok, nb, out):
-    x16, xd = x16_alloc(n_tok, nb)
-    if x16.size:
-        for t in prange(n_tok):
-            x16_row(SCALAR, x, nb, x16, xd, t)
+def _gemm_q8_0_scalar(w, n_out, x, n_tok, nb, out, x16, xd):
     for tile in prange(n_tiles(n_out, n_tok)):
         _gemm_tile(SCALAR, w, n_out, x, n_tok, nb, out, tile, x16, xd)
 
@@ -161,21 +169,13 @@ def _gemm3_tile(kind, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile, x1
 # Up to three matrices that share one input (q/k/v, gate/up) in one parallel launch:
 # TG runs ~8 launches per layer otherwise, and each costs tens of microseconds.
 @njit(**PARALLEL)
-def _gemm3_q8_0_avx2(w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb):
-    x16, xd = x16_alloc(n_tok, nb)
-    if x16.size:
-        for t in prange(n_tok):
-            x16_row(AVX2, x, nb, x16, xd, t)
+def _gemm3_q8_0_avx2(w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, x16, xd):
     for tile in prange(n_tiles(n1, n_tok) + n_tiles(n2, n_tok) + n_tiles(n3, n_tok)):
         _gemm3_tile(AVX2, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile, x16, xd)
 
 
 @njit(**PARALLEL)
-def _gemm3_q8_0_scalar(w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb):
-    x16, xd = x16_alloc(n_tok, nb)
-    if x16.size:
-        for t in prange(n_tok):
-            x16_row(SCALAR, x, nb, x16, xd, t)
+def _gemm3_q8_0_scalar(w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, x16, xd):
     for tile in prange(n_tiles(n1, n_tok) + n_tiles(n2, n_tok) + n_tiles(n3, n_tok)):
         _gemm3_tile(SCALAR, w1, n1, o1, w2, n2, o2, w3, n3, o3, x, n_tok, nb, tile, x16, xd)
 
@@ -207,8 +207,9 @@ def gemm_q8_0(w: np.ndarray, xq: np.ndarray, out: np.ndarray | None = None,
         out = np.empty((n_tok, n_out), dtype=np.float32)
     elif out.shape != (n_tok, n_out) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"gemm_q8_0: out must be contiguous f32 {(n_tok, n_out)}")
-    kernel = _gemm_q8_0_avx2 if isa(simd) == AVX2 else _gemm_q8_0_scalar
-    kernel(w.reshape(-1), n_out, xq.reshape(-1), n_tok, rb // Q8_0_BYTES, out.reshape(-1))
+    kind = isa(simd)
+    kernel = _gemm_q8_0_avx2 if kind == AVX2 else _gemm_q8_0_scalar
+    kernel(w.reshape(-1), n_out, xq.reshape(-1), n_tok, rb // Q8_0_BYTES, out.reshape(-1), *widen_x(xq, kind))
     return out
 
 
@@ -233,8 +234,9 @@ def gemm_q8_0_multi(ws, xq: np.ndarray, simd: str | None = None) -> list[np.ndar
             args += [ws[k].reshape(-1), ws[k].shape[0], outs[k].reshape(-1)]
         else:
             args += [_EMPTY_W, 0, _EMPTY_O]
-    kernel = _gemm3_q8_0_avx2 if isa(simd) == AVX2 else _gemm3_q8_0_scalar
-    kernel(*args, xq.reshape(-1), n_tok, xq.shape[1] // Q8_0_BYTES)
+    kind = isa(simd)
+    kernel = _gemm3_q8_0_avx2 if kind == AVX2 else _gemm3_q8_0_scalar
+    kernel(*args, xq.reshape(-1), n_tok, xq.shape[1] // Q8_0_BYTES, *widen_x(xq, kind))
     return outs
 
 

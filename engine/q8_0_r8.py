@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from engine._numba import AVX2, NJIT, PARALLEL, SCALAR, isa
 from engine.layout import Q8_0_BYTES, QK8_0, R8_BLOCK_BYTES, R8_ROWS, W16_BLOCK_BYTES
-from engine.matmul import SLAB, W16_MIN_TOK, w16_tokens, x16_alloc, x16_row
+from engine.matmul import SLAB, W16_MIN_TOK, w16_tokens, widen_x
 from engine.options import K_REPACK_MODES
 from engine.tiles import r8_tile, w16_pack_r8
 
@@ -181,22 +181,15 @@ def _item(kind, w, n_groups, x, n_tok, nb, out, i, x16, xd):
 
 
 @njit(**PARALLEL)
-def _gemm_r8_avx2(w, n_groups, x, n_tok, nb, out):
-    # w: flat (n_groups*nb*272) u8; x: flat (n_tok*nb*34) u8; out: flat (n_tok*n_groups*8) f32
-    x16, xd = x16_alloc(n_tok, nb)
-    if x16.size:
-        for t in prange(n_tok):
-            x16_row(AVX2, x, nb, x16, xd, t)
+def _gemm_r8_avx2(w, n_groups, x, n_tok, nb, out, x16, xd):
+    # w: flat (n_groups*nb*272) u8; x: flat (n_tok*nb*34) u8; out: flat (n_tok*n_groups*8) f32;
+    # x16, xd: X widened (matmul.widen_x)
     for i in prange(r8_items(n_groups, n_tok)):
         _item(AVX2, w, n_groups, x, n_tok, nb, out, i, x16, xd)
 
 
 @njit(**PARALLEL)
-def _gemm_r8_scalar(w, n_groups, x, n_tok, nb, out):
-    x16, xd = x16_alloc(n_tok, nb)
-    if x16.size:
-        for t in prange(n_tok):
-            x16_row(SCALAR, x, nb, x16, xd, t)
+def _gemm_r8_scalar(w, n_groups, x, n_tok, nb, out, x16, xd):
     for i in prange(r8_items(n_groups, n_tok)):
         _item(SCALAR, w, n_groups, x, n_tok, nb, out, i, x16, xd)
 
@@ -217,21 +210,13 @@ def _item3(kind, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, i, x16, xd):
 # Up to three R8 matrices sharing one input (q/k/v, gate/up) in one parallel launch,
 # like matmul.gemm_q8_0_multi (each launch costs tens of microseconds in TG).
 @njit(**PARALLEL)
-def _gemm3_r8_avx2(w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb):
-    x16, xd = x16_alloc(n_tok, nb)
-    if x16.size:
-        for t in prange(n_tok):
-            x16_row(AVX2, x, nb, x16, xd, t)
+def _gemm3_r8_avx2(w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, x16, xd):
     for i in prange(r8_items(g1, n_tok) + r8_items(g2, n_tok) + r8_items(g3, n_tok)):
         _item3(AVX2, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, i, x16, xd)
 
 
 @njit(**PARALLEL)
-def _gemm3_r8_scalar(w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb):
-    x16, xd = x16_alloc(n_tok, nb)
-    if x16.size:
-        for t in prange(n_tok):
-            x16_row(SCALAR, x, nb, x16, xd, t)
+def _gemm3_r8_scalar(w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, x16, xd):
     for i in prange(r8_items(g1, n_tok) + r8_items(g2, n_tok) + r8_items(g3, n_tok)):
         _item3(SCALAR, w1, g1, o1, w2, g2, o2, w3, g3, o3, x, n_tok, nb, i, x16, xd)
 
@@ -258,8 +243,9 @@ def gemm_q8_0_r8(w: np.ndarray, xq: np.ndarray, out: np.ndarray | None = None,
         out = np.empty((n_tok, n_out), dtype=np.float32)
     elif out.shape != (n_tok, n_out) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"gemm_q8_0_r8: out must be contiguous f32 {(n_tok, n_out)}")
-    kernel = _gemm_r8_avx2 if isa(simd) == AVX2 else _gemm_r8_scalar
-    kernel(w.reshape(-1), n_groups, xq.reshape(-1), n_tok, rb // Q8_0_BYTES, out.reshape(-1))
+    kind = isa(simd)
+    kernel = _gemm_r8_avx2 if kind == AVX2 else _gemm_r8_scalar
+    kernel(w.reshape(-1), n_groups, xq.reshape(-1), n_tok, rb // Q8_0_BYTES, out.reshape(-1), *widen_x(xq, kind))
     return out
 
 
@@ -327,8 +313,9 @@ def gemm_q8_0_r8_multi(ws, xq: np.ndarray, simd: str | None = None) -> list[np.n
     args = []
     for k in range(3):
         args += [ws[k].reshape(-1), ws[k].shape[0], outs[k].reshape(-1)] if k < len(ws) else [_EMPTY_W, 0, _EMPTY_O]
-    kernel = _gemm3_r8_avx2 if isa(simd) == AVX2 else _gemm3_r8_scalar
-    kernel(*args, xq.reshape(-1), n_tok, nb)
+    kind = isa(simd)
+    kernel = _gemm3_r8_avx2 if kind == AVX2 else _gemm3_r8_scalar
+    kernel(*args, xq.reshape(-1), n_tok, nb, *widen_x(xq, kind))
     return outs
 
 
