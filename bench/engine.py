@@ -28,7 +28,7 @@ from engine import _numba, load_model, make_model  # noqa: E402
 from engine.sweep import TABLE_HEADER, TABLE_RULE, SweepConfig, sweep  # noqa: E402
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)  # not cached: peer.py loads this file as another module name, which the cache index records
 def _read_sum(a):
     # a: (n,) u64; 64 disjoint chunks so every thread streams its own range
     n = a.shape[0] // 64

@@ -166,7 +166,7 @@ def _read_bandwidth(threads: int) -> float:
     # bench/engine.py's probe; loaded by path (its module name would shadow the engine package)
     spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).parent / "engine.py")
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_engine"] = mod   # numba's cache loader looks the module up by name
+    sys.modules["bench_engine"] = mod   # registered like any imported module
     spec.loader.exec_module(mod)
     return mod.read_bandwidth(threads, reps=3)[0]
 
