@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/peer.py [--shape small | --model PATH | --gemma3] [--ik-bin PATH]
         [--ctx 2048] [--ub 512] [-n 0] [-t 2] [-tb 2] [-fa] [-ctk f16] [-ctv f16] [--reps 3]
+        [-mla N -fmoe -amb MiB]     # DeepSeek-2 / MoE settings, with --ik-bin
 
 Runs the llama-sweep-bench loop as ours, ik, ours, ik, ... for --reps repetitions, every
 sweep its own subprocess, so numba's and ik's thread pools never share a process and
@@ -60,6 +61,10 @@ def _args(argv=None) -> argparse.Namespace:
     ap.add_argument("-fa", "--fa", action="store_true", help="flash attention on both")
     ap.add_argument("-ctk", default="f16")
     ap.add_argument("-ctv", default="f16")
+    ap.add_argument("-mla", "--mla", type=int, default=None, help="MLA mode on both (deepseek2; native ik only)")
+    ap.add_argument("-amb", "--amb", type=int, default=None, help="attention max batch MiB on both (native ik only)")
+    ap.add_argument("-fmoe", "--fmoe", action="store_true",
+                    help="fused MoE on both (ik fuses by default: without this flag it gets -no-fmoe)")
     ap.add_argument("--reps", type=int, default=3, help="sweeps per engine, alternated ours/ik")
     ap.add_argument("--no-bw", action="store_true", help="skip the memory-bandwidth probe")
     ap.add_argument("--worker", choices=("ik", "bw"), help=argparse.SUPPRESS)
@@ -114,8 +119,8 @@ class NativeIk:
         return cls(exe, h.hexdigest(), version)
 
     def argv(self, args, path: Path) -> list[str]:
-        return [str(self.path), *_sweep_flags(args, path), "-fa", "on" if args.fa else "off",
-                "--no-mmap", "-wb", "--output-format", "jsonl"]
+        return [str(self.path), *_sweep_flags(args, path), *([] if args.fmoe else ["-no-fmoe"]),
+                "-fa", "on" if args.fa else "off", "--no-mmap", "-wb", "--output-format", "jsonl"]
 
 
 def _sweep_flags(args, path: Path) -> list[str]:
@@ -123,11 +128,13 @@ def _sweep_flags(args, path: Path) -> list[str]:
     tb = args.threads_batch or args.threads
     flags = ["-m", str(path), "-c", str(args.ctx), "-ub", str(args.ub), "-b", str(max(args.ub, 2048)),
              "-t", str(args.threads), "-tb", str(tb), "-ctk", args.ctk, "-ctv", args.ctv]
+    flags += ["-mla", str(args.mla)] if args.mla is not None else []
+    flags += ["-amb", str(args.amb)] if args.amb is not None else []
     return flags + (["-n", str(args.n_gen)] if args.n_gen else [])
 
 
 def _ours_argv(args, path: Path) -> list[str]:
-    return [sys.executable, "-m", "engine", "bench", *_sweep_flags(args, path),
+    return [sys.executable, "-m", "engine", "bench", *_sweep_flags(args, path), *(["-fmoe"] if args.fmoe else []),
             "-fa", "on" if args.fa else "off", "--no-mmap", "--output-format", "jsonl"]
 
 
@@ -266,6 +273,10 @@ def main(argv=None) -> int:
         except ValueError as e:
             print(e, file=sys.stderr)
             return 2
+    elif args.mla is not None or args.amb is not None or args.fmoe:
+        print("-mla/-amb/-fmoe: only with a native build (--ik-bin PATH); the wheel's driver does not pass them",
+              file=sys.stderr)
+        return 2
     elif importlib.util.find_spec("ik_llama_cpp") is None:
         print("ik-llama-cpp-python is not installed: .venv/bin/pip install ik-llama-cpp-python "
               "(or give a native build with --ik-bin PATH)", file=sys.stderr)
@@ -273,7 +284,9 @@ def main(argv=None) -> int:
     path = model_path(args)
     tb = args.threads_batch or args.threads
     print(f"model {path.name}; c={args.ctx} ub={args.ub} n={args.n_gen or args.ub // 4} t={args.threads} tb={tb} "
-          f"fa={int(args.fa)} ctk={args.ctk} ctv={args.ctv}; {args.reps} rep(s), alternating ours/ik, "
+          f"fa={int(args.fa)} ctk={args.ctk} ctv={args.ctv} fmoe={int(args.fmoe)}"
+          + (f" mla={args.mla}" if args.mla is not None else "") + (f" amb={args.amb}" if args.amb is not None else "")
+          + f"; {args.reps} rep(s), alternating ours/ik, "
           "a fresh process each, weights not mmap'd", flush=True)
     if native:
         print(f"ik: native {native.path}\n    sha256 {native.sha256}\n    --version: {native.version or '(none)'}",

@@ -41,7 +41,7 @@ from engine.mla import absorbed_attention, decompressed_attention
 from engine.moe import grouped_gemm_q8_0
 from engine.ops import rmsnorm, rope_inplace
 from engine.quant import dequantize_q8_0, quantize_q8_0
-from engine.tensors import Experts, Weight, matmul
+from engine.tensors import Experts, Weight, matmul, matmuls
 
 MLA3_DECOMPRESS_MIN = 2
 
@@ -156,12 +156,12 @@ class MLAAttention:
         n = h.shape[0]
         H, nope, rot, rank, dv = c.n_head, c.nope, c.n_rot, c.kv_lora_rank, c.v_dim
         opts = run.options
+        # the q (or q LoRA) and kv_a products share h: one launch
+        qx, kva = matmuls((self.wq if self.wq_a is None else self.wq_a, self.wkv_a), h, hq)  # kva (n, rank + rot)
         if self.wq is None:
-            qa = rmsnorm(matmul(self.wq_a, h, hq), self.q_a_norm, c.rms_eps)
-            q = matmul(self.wq_b, qa).reshape(n, H, nope + rot)             # (n, H, dk)
+            q = matmul(self.wq_b, rmsnorm(qx, self.q_a_norm, c.rms_eps)).reshape(n, H, nope + rot)   # (n, H, dk)
         else:
-            q = matmul(self.wq, h, hq).reshape(n, H, nope + rot)
-        kva = matmul(self.wkv_a, h, hq)                                     # (n, rank + rot)
+            q = qx.reshape(n, H, nope + rot)
         row = np.empty((n, rank + rot), dtype=np.float32)                   # [c | k_pe]
         row[:, :rank] = rmsnorm(np.ascontiguousarray(kva[:, :rank]), self.kv_a_norm, c.rms_eps)
         k_pe = np.ascontiguousarray(kva[:, rank:]).reshape(n, 1, rot)

@@ -40,16 +40,20 @@ def n_tiles(n_out, n_tok):
 
 
 @njit(inline="always", **NJIT)
-def _rows_x_tokens(kind, w, n_out, x, n_tok, nb, out, r0, nr):
-    # rows [r0, r0 + nr) x every token with Q8_0 tiles of 4 rows x 2 tokens
+def _rows_x_tokens(kind, w, wo, n_out, x, t0, t1, nb, out, r0, nr):
+    # out rows [r0, r0 + nr) x tokens [t0, t1) with Q8_0 tiles: 8 rows x 1 token for a
+    # single token (a GEMV), else 4 rows x 2 tokens; W's row r0 + i starts at byte wo + i*rb
     rb = nb * Q8_0_BYTES
-    r = r0
-    while r < r0 + nr:
-        mr = min(4, r0 + nr - r)
-        t = 0
-        while t < n_tok:
-            nc = min(2, n_tok - t)
-            q8_tile(kind, out, t * n_out + r, n_out, w, r * rb, rb, x, t * rb, rb, nb, mr, nc)
+    tall = 8 if t1 - t0 == 1 else 4
+    r = 0
+    while r < nr:
+        mr = min(tall, nr - r)
+        if mr > 4:
+            mr = 4 if mr < 8 else 8
+        t = t0
+        while t < t1:
+            nc = min(2, t1 - t)
+            q8_tile(kind, out, t * n_out + r0 + r, n_out, w, wo + r * rb, rb, x, t * rb, rb, nb, mr, nc)
             t += nc
         r += mr
 
@@ -84,13 +88,13 @@ def widen_x(xq: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(inline="always", **NJIT)
-def w16_tokens(kind, out, n_out, r0, buf, ng, x16, xd, n_tok, nb):
-    """out rows [r0, r0 + 8 ng) x every token, from ng W16 groups in buf (ng*nb*528 u8) and
+def w16_tokens(kind, out, n_out, r0, buf, ng, x16, xd, t0, t1, nb):
+    """out rows [r0, r0 + 8 ng) x tokens [t0, t1), from ng W16 groups in buf (ng*nb*528 u8) and
     X16 (x16, xd): per 4-token tile (2- and 1-token tails) every group, so the tile stays in L1."""
     gb = nb * W16_BLOCK_BYTES
-    t = 0
-    while t < n_tok:
-        nc = min(4, n_tok - t)
+    t = t0
+    while t < t1:
+        nc = min(4, t1 - t)
         if nc == 3:
             nc = 2
         for g in range(ng):
@@ -99,46 +103,44 @@ def w16_tokens(kind, out, n_out, r0, buf, ng, x16, xd, n_tok, nb):
 
 
 @njit(inline="always", **NJIT)
-def _slab(kind, w, n_out, x, n_tok, nb, out, r0, x16, xd):
-    # rows [r0, r0 + SLAB) x every token: whole 8-row groups widened into buf (ng*nb*528 u8),
-    # then per 4-token tile every group; rows past the last whole group as Q8_0 tiles
+def slab_rows(kind, w, wo, nr, x, t0, t1, nb, out, n_out, r0, x16, xd, buf):
+    """out[t*n_out + r0 + i] = W row i . X row t for i < nr (<= SLAB) and t in [t0, t1).
+
+    W's row i starts at byte wo + i*nb*34 of w (flat u8 Q8_0), X row t at t*nb*34 of x;
+    x16/xd is X's int16 form (widen_x) and buf a scratch of >= SLAB/8*nb*528 bytes. With at
+    least W16_MIN_TOK tokens the whole 8-row groups are widened into buf and multiplied as
+    W16 tiles; the rows past them, and smaller token ranges, take Q8_0 tiles.
+    """
     rb = nb * Q8_0_BYTES
     gb = nb * W16_BLOCK_BYTES
-    nr = min(SLAB, n_out - r0)
-    ng = nr // R8_ROWS
+    ng = nr // R8_ROWS if t1 - t0 >= W16_MIN_TOK else 0
+    for g in range(ng):
+        w16_pack(kind, buf, g * gb, w, wo + g * R8_ROWS * rb, rb, nb)
     if ng > 0:
-        buf = np.empty(ng * gb, dtype=np.uint8)
-        for g in range(ng):
-            w16_pack(kind, buf, g * gb, w, (r0 + g * R8_ROWS) * rb, rb, nb)
-        w16_tokens(kind, out, n_out, r0, buf, ng, x16, xd, n_tok, nb)
-    if nr > ng * R8_ROWS:
-        _rows_x_tokens(kind, w, n_out, x, n_tok, nb, out, r0 + ng * R8_ROWS, nr - ng * R8_ROWS)
+        w16_tokens(kind, out, n_out, r0, buf, ng, x16, xd, t0, t1, nb)
+    done = ng * R8_ROWS
+    if nr > done:
+        _rows_x_tokens(kind, w, wo + done * rb, n_out, x, t0, t1, nb, out, r0 + done, nr - done)
 
 
 @njit(inline="always", **NJIT)
 def _gemm_tile(kind, w, n_out, x, n_tok, nb, out, tile, x16, xd):
     # One work item of Y = X W^T: w flat (n_out*nb*34) u8, x flat (n_tok*nb*34) u8, out flat
     # (n_tok*n_out) f32, x16/xd X's int16 form (filled when n_tok >= W16_MIN_TOK).
-    # GEMV: rows [8 tile, 8 tile + 8) (a 4-row and single-row tail);
+    # GEMV: rows [8 tile, 8 tile + 8) (8x1 tiles, a 4-row and single-row tail);
     # PP: a SLAB-row slab (or 4 rows for a small batch) x every token.
     rb = nb * Q8_0_BYTES
     if n_tok == 1:
-        r = tile * 8
-        if r + 8 <= n_out:
-            q8_tile(kind, out, r, n_out, w, r * rb, rb, x, 0, rb, nb, 8, 1)
-            return
-        if r + 4 <= n_out:
-            q8_tile(kind, out, r, n_out, w, r * rb, rb, x, 0, rb, nb, 4, 1)
-            r += 4
-        while r < n_out:
-            q8_tile(kind, out, r, 0, w, r * rb, rb, x, 0, rb, nb, 1, 1)
-            r += 1
+        r0 = tile * 8
+        _rows_x_tokens(kind, w, r0 * rb, n_out, x, 0, 1, nb, out, r0, min(8, n_out - r0))
         return
     if n_tok >= W16_MIN_TOK:
-        _slab(kind, w, n_out, x, n_tok, nb, out, tile * SLAB, x16, xd)
+        r0 = tile * SLAB
+        buf = np.empty(SLAB // R8_ROWS * nb * W16_BLOCK_BYTES, dtype=np.uint8)
+        slab_rows(kind, w, r0 * rb, min(SLAB, n_out - r0), x, 0, n_tok, nb, out, n_out, r0, x16, xd, buf)
     else:
         r0 = tile * 4
-        _rows_x_tokens(kind, w, n_out, x, n_tok, nb, out, r0, min(4, n_out - r0))
+        _rows_x_tokens(kind, w, r0 * rb, n_out, x, 0, n_tok, nb, out, r0, min(4, n_out - r0))
 
 
 @njit(**PARALLEL)

@@ -21,10 +21,12 @@ Two execution modes (``-fmoe``):
   to it), then SwiGLU over all slots, one quantization, a down GEMM per expert,
   and the weighted sum. 3 x (active experts) kernel launches per layer.
 * fused (``-fmoe``, ik_llama.cpp's fused_moe): one parallel kernel computes gate
-  and up for every (selected expert, 4-row tile) work item and applies
+  and up for every (selected expert, row tile) work item and applies
   silu(gate)*up in the same pass (no separate gate/up/SwiGLU buffers walked
   again), then one parallel kernel does every expert's down projection. Two
-  kernel launches per layer, work balanced across all selected experts.
+  kernel launches per layer, work balanced across all selected experts. A PP batch
+  takes ``matmul``'s W16 slabs (32-row items; an expert's rows widened to int16 once per
+  item and reused by every token routed to it), TG 8-row Q8_0 tiles.
 
 Both give the same numbers up to float summation order. f32 experts (f16/f32
 files) always take the unfused path (the fused kernels are Q8_0 only).
@@ -38,11 +40,11 @@ from numba import njit, prange
 
 from engine._numba import AVX2, NJIT, PARALLEL, SCALAR, isa
 from engine.archs import MoEConfig
-from engine.layout import Q8_0_BYTES
+from engine.layout import Q8_0_BYTES, R8_ROWS, W16_BLOCK_BYTES
+from engine.matmul import SLAB, W16_MIN_TOK, slab_rows, widen_x
 from engine.ops import swiglu
 from engine.quant import quantize_q8_0
 from engine.tensors import Experts, Weight, matmul, matmuls
-from engine.tiles import q8_tile
 
 
 @dataclass(frozen=True)
@@ -98,71 +100,82 @@ def route(logits: np.ndarray, cfg: MoEConfig, bias: np.ndarray | None) -> tuple[
 # -- kernels -----------------------------------------------------------------------------
 
 @njit(inline="always", **NJIT)
-def _up_gate_item(kind, item, xg, wg, wu, rb, n_ff, ex, offs, g, u):
-    # Work item (active expert a, 4-row tile) of the fused gate/up/SwiGLU:
-    # xg: flat (n_slots*rb) u8 Q8_0 rows, slots grouped by expert; wg, wu: flat
-    # (n_expert*n_ff*rb) u8; ex: (n_act,) expert ids; offs: (n_act+1,) slot ranges.
-    # g, u: flat (n_slots*n_ff) f32; on return g[s, r] = silu(gate) * up.
-    nb = rb // Q8_0_BYTES
-    n_tiles = (n_ff + 3) // 4
-    a = item // n_tiles
-    r0 = (item - a * n_tiles) * 4
-    nr = min(4, n_ff - r0)
-    wo = (ex[a] * n_ff + r0) * rb
-    s = offs[a]
-    while s < offs[a + 1]:
-        nc = min(2, offs[a + 1] - s)
-        q8_tile(kind, g, s * n_ff + r0, n_ff, wg, wo, rb, xg, s * rb, rb, nb, nr, nc)
-        q8_tile(kind, u, s * n_ff + r0, n_ff, wu, wo, rb, xg, s * rb, rb, nb, nr, nc)
-        for c in range(nc):
-            for r in range(nr):
-                i = (s + c) * n_ff + r0 + r
-                v = g[i]
-                g[i] = v / (np.float32(1.0) + np.exp(-v)) * u[i]
-        s += nc
+def _item_rows(item, rows, n_out, ex, rb):
+    # work item -> (active expert a, first row r0, rows nr, W byte offset of row r0)
+    n_t = (n_out + rows - 1) // rows
+    a = item // n_t
+    r0 = (item - a * n_t) * rows
+    return a, r0, min(rows, n_out - r0), (ex[a] * n_out + r0) * rb
 
 
 @njit(inline="always", **NJIT)
-def _down_item(kind, item, aq, wd, rb, n_embd, ex, offs, out):
-    # Work item (active expert a, 4-row tile) of every expert's down projection:
-    # aq: flat (n_slots*rb) u8 Q8_0 activations; wd: flat (n_expert*n_embd*rb) u8;
-    # out: flat (n_slots*n_embd) f32
+def _up_gate_item(kind, item, rows, xg, wg, wu, rb, n_ff, ex, offs, g, u, x16, xd):
+    # Work item (active expert a, `rows`-row tile) of the fused gate/up/SwiGLU:
+    # xg: flat (n_slots*rb) u8 Q8_0 rows, slots grouped by expert; wg, wu: flat
+    # (n_expert*n_ff*rb) u8; ex: (n_act,) expert ids; offs: (n_act+1,) slot ranges;
+    # x16/xd: xg's int16 form when rows == SLAB (an expert with >= W16_MIN_TOK slots then
+    # takes W16 tiles). g, u: flat (n_slots*n_ff) f32; on return g[s, r] = silu(gate) * up.
     nb = rb // Q8_0_BYTES
-    n_tiles = (n_embd + 3) // 4
-    a = item // n_tiles
-    r0 = (item - a * n_tiles) * 4
-    nr = min(4, n_embd - r0)
-    wo = (ex[a] * n_embd + r0) * rb
-    s = offs[a]
-    while s < offs[a + 1]:
-        nc = min(2, offs[a + 1] - s)
-        q8_tile(kind, out, s * n_embd + r0, n_embd, wd, wo, rb, aq, s * rb, rb, nb, nr, nc)
-        s += nc
+    a, r0, nr, wo = _item_rows(item, rows, n_ff, ex, rb)
+    s0, s1 = offs[a], offs[a + 1]
+    buf = np.empty((SLAB // R8_ROWS * nb * W16_BLOCK_BYTES) if rows == SLAB else 0, dtype=np.uint8)
+    slab_rows(kind, wg, wo, nr, xg, s0, s1, nb, g, n_ff, r0, x16, xd, buf)
+    slab_rows(kind, wu, wo, nr, xg, s0, s1, nb, u, n_ff, r0, x16, xd, buf)
+    for s in range(s0, s1):
+        for r in range(nr):
+            i = s * n_ff + r0 + r
+            v = g[i]
+            g[i] = v / (np.float32(1.0) + np.exp(-v)) * u[i]
+
+
+@njit(inline="always", **NJIT)
+def _down_item(kind, item, rows, aq, wd, rb, n_embd, ex, offs, out, x16, xd):
+    # Work item (active expert a, `rows`-row tile) of every expert's down projection:
+    # aq: flat (n_slots*rb) u8 Q8_0 activations; wd: flat (n_expert*n_embd*rb) u8;
+    # out: flat (n_slots*n_embd) f32; x16/xd as in _up_gate_item
+    nb = rb // Q8_0_BYTES
+    a, r0, nr, wo = _item_rows(item, rows, n_embd, ex, rb)
+    buf = np.empty((SLAB // R8_ROWS * nb * W16_BLOCK_BYTES) if rows == SLAB else 0, dtype=np.uint8)
+    slab_rows(kind, wd, wo, nr, aq, offs[a], offs[a + 1], nb, out, n_embd, r0, x16, xd, buf)
 
 
 # Entry points, one per ISA (see engine._numba): they differ only in the literal kind.
+# rows: 8 (TG and small batches: Q8_0 tiles) or SLAB (PP: W16 tiles), see _launch.
 @njit(**PARALLEL)
-def _moe_up_gate_avx2(xg, wg, wu, rb, n_ff, ex, offs, g, u):
-    for item in prange(ex.shape[0] * ((n_ff + 3) // 4)):
-        _up_gate_item(AVX2, item, xg, wg, wu, rb, n_ff, ex, offs, g, u)
-
-
-@njit(**PARALLEL)
-def _moe_up_gate_scalar(xg, wg, wu, rb, n_ff, ex, offs, g, u):
-    for item in prange(ex.shape[0] * ((n_ff + 3) // 4)):
-        _up_gate_item(SCALAR, item, xg, wg, wu, rb, n_ff, ex, offs, g, u)
+def _moe_up_gate_avx2(rows, xg, wg, wu, rb, n_ff, ex, offs, g, u, x16, xd):
+    for item in prange(ex.shape[0] * ((n_ff + rows - 1) // rows)):
+        _up_gate_item(AVX2, item, rows, xg, wg, wu, rb, n_ff, ex, offs, g, u, x16, xd)
 
 
 @njit(**PARALLEL)
-def _moe_down_avx2(aq, wd, rb, n_embd, ex, offs, out):
-    for item in prange(ex.shape[0] * ((n_embd + 3) // 4)):
-        _down_item(AVX2, item, aq, wd, rb, n_embd, ex, offs, out)
+def _moe_up_gate_scalar(rows, xg, wg, wu, rb, n_ff, ex, offs, g, u, x16, xd):
+    for item in prange(ex.shape[0] * ((n_ff + rows - 1) // rows)):
+        _up_gate_item(SCALAR, item, rows, xg, wg, wu, rb, n_ff, ex, offs, g, u, x16, xd)
 
 
 @njit(**PARALLEL)
-def _moe_down_scalar(aq, wd, rb, n_embd, ex, offs, out):
-    for item in prange(ex.shape[0] * ((n_embd + 3) // 4)):
-        _down_item(SCALAR, item, aq, wd, rb, n_embd, ex, offs, out)
+def _moe_down_avx2(rows, aq, wd, rb, n_embd, ex, offs, out, x16, xd):
+    for item in prange(ex.shape[0] * ((n_embd + rows - 1) // rows)):
+        _down_item(AVX2, item, rows, aq, wd, rb, n_embd, ex, offs, out, x16, xd)
+
+
+@njit(**PARALLEL)
+def _moe_down_scalar(rows, aq, wd, rb, n_embd, ex, offs, out, x16, xd):
+    for item in prange(ex.shape[0] * ((n_embd + rows - 1) // rows)):
+        _down_item(SCALAR, item, rows, aq, wd, rb, n_embd, ex, offs, out, x16, xd)
+
+
+def _launch(xq: np.ndarray, offs: np.ndarray, kind: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """(rows per work item, x16, xd) of a grouped launch over the Q8_0 rows xq (n_slots, rb):
+    SLAB-row items and xq's int16 form when some group has at least W16_MIN_TOK rows (PP),
+    else 8-row items on the Q8_0 bytes (TG: every group has a row or a few)."""
+    if offs.shape[0] > 1 and int(np.diff(offs).max()) >= W16_MIN_TOK:
+        return (SLAB, *widen_x(xq, kind))
+    return 8, _EMPTY_U8, _EMPTY_F32
+
+
+_EMPTY_U8 = np.zeros((0,), dtype=np.uint8)
+_EMPTY_F32 = np.zeros((0,), dtype=np.float32)
 
 
 def _slots(ids: np.ndarray):
@@ -191,17 +204,19 @@ def moe_ffn(h: np.ndarray, W: MoEWeights, cfg: MoEConfig, *, fused: bool,
     F = cfg.n_ff_exp
     q8 = W.gate.kind == W.up.kind == W.down.kind == "q8_0"
     if fused and q8:
-        avx2 = isa(simd) == AVX2
-        up_gate = _moe_up_gate_avx2 if avx2 else _moe_up_gate_scalar
-        down = _moe_down_avx2 if avx2 else _moe_down_scalar
+        kind = isa(simd)
+        up_gate = _moe_up_gate_avx2 if kind == AVX2 else _moe_up_gate_scalar
+        down = _moe_down_avx2 if kind == AVX2 else _moe_down_scalar
         xg = np.ascontiguousarray(hq[tok])
         g = np.empty((order.shape[0], F), dtype=np.float32)
         u = np.empty_like(g)
-        up_gate(xg.reshape(-1), W.gate.data.reshape(-1), W.up.data.reshape(-1), hq.shape[1],
-                F, ex, offs, g.reshape(-1), u.reshape(-1))
+        rows, x16, xd = _launch(xg, offs, kind)
+        up_gate(rows, xg.reshape(-1), W.gate.data.reshape(-1), W.up.data.reshape(-1), hq.shape[1],
+                F, ex, offs, g.reshape(-1), u.reshape(-1), x16, xd)
         aq = quantize_q8_0(g)
         d = np.empty((order.shape[0], E), dtype=np.float32)
-        down(aq.reshape(-1), W.down.data.reshape(-1), aq.shape[1], E, ex, offs, d.reshape(-1))
+        rows, x16, xd = _launch(aq, offs, kind)
+        down(rows, aq.reshape(-1), W.down.data.reshape(-1), aq.shape[1], E, ex, offs, d.reshape(-1), x16, xd)
     else:
         # slots' inputs: Q8_0 rows for Q8_0 experts, f32 rows for float ones
         xs = np.ascontiguousarray(hq[tok]) if q8 else np.ascontiguousarray(h[tok])
@@ -242,7 +257,10 @@ def grouped_gemm_q8_0(w3: np.ndarray, xq: np.ndarray, n_per_group: int, simd: st
     ex = np.arange(G, dtype=np.int64)
     offs = np.arange(G + 1, dtype=np.int64) * n_per_group
     out = np.empty((G * n_per_group, n_out), dtype=np.float32)
-    kernel = _moe_down_avx2 if isa(simd) == AVX2 else _moe_down_scalar
-    kernel(np.ascontiguousarray(xq).reshape(-1), np.ascontiguousarray(w3).reshape(-1), rb, n_out, ex, offs,
-           out.reshape(-1))
+    kind = isa(simd)
+    kernel = _moe_down_avx2 if kind == AVX2 else _moe_down_scalar
+    xq = np.ascontiguousarray(xq)
+    rows, x16, xd = _launch(xq, offs, kind)
+    kernel(rows, xq.reshape(-1), np.ascontiguousarray(w3).reshape(-1), rb, n_out, ex, offs, out.reshape(-1),
+           x16, xd)
     return out

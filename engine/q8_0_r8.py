@@ -177,7 +177,7 @@ def _item(kind, w, n_groups, x, n_tok, nb, out, i, x16, xd):
     buf = np.empty(ng * gb, dtype=np.uint8)
     for g in range(ng):
         w16_pack_r8(kind, buf, g * gb, w, (g0 + g) * nb * R8_BLOCK_BYTES, nb)
-    w16_tokens(kind, out, n_groups * R8_ROWS, g0 * R8_ROWS, buf, ng, x16, xd, n_tok, nb)
+    w16_tokens(kind, out, n_groups * R8_ROWS, g0 * R8_ROWS, buf, ng, x16, xd, 0, n_tok, nb)
 
 
 @njit(**PARALLEL)

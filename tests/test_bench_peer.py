@@ -43,10 +43,18 @@ def test_ik_bin_identity_and_argv(tmp_path):
     argv = ik.argv(args, Path("/m.gguf"))
     assert argv[0] == str(exe)
     flat = " ".join(argv[1:])
-    assert "-m /m.gguf -c 1536 -ub 512 -b 2048 -t 2 -tb 2 -ctk q8_0 -ctv q8_0 -n 64 -fa on" in flat
+    # ik fuses MoE by default: unfused on both unless -fmoe
+    assert "-m /m.gguf -c 1536 -ub 512 -b 2048 -t 2 -tb 2 -ctk q8_0 -ctv q8_0 -n 64 -no-fmoe -fa on" in flat
     assert flat.endswith("--no-mmap -wb --output-format jsonl")
     ours = peer._ours_argv(args, Path("/m.gguf"))
     assert ours[1:4] == ["-m", "engine", "bench"] and ours[-2:] == ["--output-format", "jsonl"]
+    assert "-fmoe" not in ours and "-mla" not in ours
+    # the seed's DeepSeek flags reach both engines
+    args = peer._args(["-c", "1024", "-t", "2", "-fa", "-ctk", "q8_0", "-mla", "3", "-fmoe", "-amb", "1024"])
+    flat = " ".join(ik.argv(args, Path("/m.gguf")))
+    assert "-ctk q8_0 -ctv f16 -mla 3 -amb 1024 -fa on" in flat and "fmoe" not in flat
+    ours = " ".join(peer._ours_argv(args, Path("/m.gguf")))
+    assert "-mla 3 -amb 1024 -fmoe -fa on" in ours
 
 
 def test_ours_sweep_parsed_from_the_engine_cli(micro_model):

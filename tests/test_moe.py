@@ -10,7 +10,7 @@ import reference as ref
 import reference_moe as rm
 from engine import _numba, load_model
 from engine.archs import MoEConfig
-from engine.moe import MoEWeights, moe_ffn, route
+from engine.moe import MoEWeights, grouped_gemm_q8_0, moe_ffn, route
 from engine.tensors import Experts, Weight
 from engine.quant import quantize_q8_0
 
@@ -63,9 +63,10 @@ def _random_moe(rng, E=128, F=96, X=5, shared=True):
 
 
 @pytest.mark.parametrize("simd", SIMDS)
-@pytest.mark.parametrize("n_tok", [1, 3, 16])
+@pytest.mark.parametrize("n_tok", [1, 3, 16, 64])
 def test_fused_equals_unfused(simd, n_tok):
-    # k = 3 slots per token give odd slot counts per expert (the 4x1 tile path)
+    # k = 3 slots per token give odd slot counts per expert (the 4x1 tile path); from 16
+    # tokens some experts get >= 8 slots (W16 slabs) and others fewer (Q8_0 tiles), at 64 all
     rng = np.random.default_rng(n_tok)
     W = _random_moe(rng)
     cfg = MoEConfig(5, 3, 96, 64, "sigmoid", True, 2.5, False)
@@ -88,6 +89,22 @@ def test_fused_against_float64_experts():
     expect = rm.moe_ffn(h.astype(np.float64), t, "p.", n_used=2, gating="softmax", norm_w=False, scale=1.0,
                         shexp_gated=False)
     assert ref.rel_err(moe_ffn(h, W, cfg, fused=True), expect) < 0.02
+
+
+@pytest.mark.parametrize("simd", SIMDS)
+@pytest.mark.parametrize("n_per", [1, 5, 8, 19])
+def test_grouped_gemm_against_float64(simd, n_per):
+    # 1 and 5 rows per group: 4-row Q8_0 tiles; 8 and 19: W16 slabs (4-token tiles and 2/1 tails)
+    from gguf import GGMLQuantizationType as T, quants
+    rng = np.random.default_rng(n_per)
+    G, n_out, n_in = 3, 72, 96                      # 72 rows: two 32-row slabs and an 8-row one
+    w3 = np.stack([quantize_q8_0(rng.standard_normal((n_out, n_in)).astype(np.float32)) for _ in range(G)])
+    xq = quantize_q8_0(rng.standard_normal((G * n_per, n_in)).astype(np.float32))
+    got = grouped_gemm_q8_0(w3, xq, n_per, simd=simd)
+    wf = np.stack([quants.dequantize(w3[g], T.Q8_0) for g in range(G)]).astype(np.float64)
+    xf = quants.dequantize(xq, T.Q8_0).astype(np.float64).reshape(G, n_per, n_in)
+    expect = np.einsum("gti,goi->gto", xf, wf).reshape(G * n_per, n_out)
+    assert ref.rel_err(got, expect) < 2e-6
 
 
 def test_route_sigmoid_bias_norm_scale():
