@@ -146,10 +146,11 @@ def test_attention_against_exact_softmax(simd, flash, tk, tv, n_head, n_kv):
 @pytest.mark.parametrize("flash", [True, False])
 @pytest.mark.parametrize("tk", ["f32", "q8_0"])
 @pytest.mark.parametrize("window,filled,n_q", [(100, 300, 19), (64, 130, 1), (512, 40, 19), (7, 0, 24)])
-def test_sliding_window_attention(simd, flash, tk, window, filled, n_q):
+@pytest.mark.parametrize("n_kv", [1, 4])     # GQA (8-query items) and MHA (16-query items)
+def test_sliding_window_attention(simd, flash, tk, window, filled, n_q, n_kv):
     """Gemma's local layers: query at t sees [t-window+1, t]; windows that start mid-chunk,
     windows longer than the context, and a window shorter than the batch."""
-    hd, n_head, n_kv = 64, 4, 1
+    hd, n_head = 64, 4
     cache = KVCache(1, 512, n_kv, hd, hd, tk, "f16")
     K = rng.standard_normal((filled + n_q, n_kv, hd)).astype(np.float32)
     V = rng.standard_normal((filled + n_q, n_kv, hd)).astype(np.float32)

@@ -144,6 +144,7 @@ def _cache(rng, n_kv_head, hd, n_kv, type_v="q8_0"):
     (2, 8, 64, 37, 13),      # GQA 4, odd depth: n_kv = 50 (on pads the last group)
     (1, 3, 32, 5, 9),        # GQA 3 (tiles of 2 + 1 columns)
     (4, 16, 128, 64, 72),    # the small model's heads, > one 64-position chunk
+    (4, 4, 64, 37, 21),      # MHA: 16-query items and a 5-query tail
 ])
 def test_flash_attention_repack_on_equals_off(simd, n_kv_head, n_head, hd, pos0, n_q):
     rng = np.random.default_rng(pos0 + n_q)
